@@ -1,0 +1,332 @@
+"""The TOML configuration (CONTRACT §3): loaded, resolved and validated once at start.
+
+Secrets are referenced as `${ENV_VAR}`, kept as `SecretStr`, and printed masked.
+Errors name the field and the problem, e.g. `numbers[0].number: not E.164: '555'`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from smsbridge.phone import NumberError, to_e164
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PREFIX = re.compile(r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$")
+RESERVED_PATHS = frozenset({"healthz", "readyz", "metrics", "media"})
+MASK = "********"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names every bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Section):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    prefetch: int = Field(default=200, ge=1, le=5000)
+    publish_timeout: float = Field(default=2.0, gt=0, le=60)
+
+    def masked_url(self) -> str:
+        return mask_url(self.url.get_secret_value())
+
+
+class GatewayConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    public_url: str | None = None
+    allow_ips: list[str] = Field(default_factory=list)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    dlr_path: str = "flowroute/dlr"
+    dlr_secret: SecretStr | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    dedupe_seconds: float = Field(default=600.0, ge=0)
+    quarantine_max: int = Field(default=10_000, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("allow_ips", "trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {value!r}") from None
+        return values
+
+    @field_validator("dlr_path")
+    @classmethod
+    def _dlr_path(cls, value: str) -> str:
+        value = value.strip("/")
+        if not _PREFIX.match(value):
+            raise ValueError(f"not a URL path: {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class MediaConfig(_Section):
+    dir: Path = Path("var/media")
+    max_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
+    retention_days: float = Field(default=30.0, gt=0)
+    fetch_timeout: float = Field(default=30.0, gt=0)
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Non-global networks media may be fetched from (opt-in; tests use 127.0.0.1)",
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        return GatewayConfig._networks(values)
+
+
+class InboundConfig(_Section):
+    default_region: str = "US"
+
+
+class OutboundConfig(_Section):
+    default_region: str = "US"
+    retry_delays: list[float] = Field(default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0])
+    max_age_seconds: float = Field(default=6 * 3600.0, gt=0)
+    request_timeout: float = Field(default=15.0, gt=0)
+    in_process_attempts: int = Field(default=3, ge=1, le=10)
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ProviderConfig(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    type: Literal["flowroute"] = "flowroute"
+    api_url: str = "https://api.flowroute.com/v2.2"
+    access_key: SecretStr
+    secret_key: SecretStr
+    sms_per_second: float = Field(default=5.0, gt=0)
+    mms_per_second: float = Field(default=1.0, gt=0)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return GatewayConfig._public_url(value) or value
+
+
+class NumberConfig(_Section):
+    name: str = ""
+    number: str
+    provider: str
+    url_prefix: str
+    source: list[str] = Field(default_factory=list)
+    destination: str | None = None
+    policy: str = ""
+
+    @field_validator("number")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if not value.startswith("+"):
+            raise ValueError(f"not E.164 (store numbers with '+'): {value!r}")
+        try:
+            return to_e164(value)
+        except NumberError as exc:
+            raise ValueError(f"not E.164: {exc}") from None
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if not _PREFIX.match(value):
+            raise ValueError(f"not a URL path: {value!r}")
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ValueError(f"must be letters, digits, '_' or '-' (a routing key word): {value!r}")
+        return value
+
+
+class Config(_Section):
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    inbound: InboundConfig = Field(default_factory=InboundConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    numbers: list[NumberConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems: list[str] = []
+        names = [p.name for p in self.providers]
+        for name in {n for n in names if names.count(n) > 1}:
+            problems.append(f"providers: duplicate name {name!r}")
+        seen: dict[str, int] = {}
+        gateway_paths = RESERVED_PATHS | {self.gateway.dlr_path.split("/")[0]}
+        for i, number in enumerate(self.numbers):
+            where = f"numbers[{i}]"
+            if number.provider not in names:
+                problems.append(f"{where}.provider: unknown provider {number.provider!r}")
+            if number.number in seen:
+                problems.append(
+                    f"{where}.number: duplicate number {number.number} "
+                    f"(also numbers[{seen[number.number]}])"
+                )
+            seen.setdefault(number.number, i)
+            if number.url_prefix.split("/")[0] in gateway_paths:
+                problems.append(
+                    f"{where}.url_prefix: {number.url_prefix!r} collides with the gateway's "
+                    f"own paths ({', '.join(sorted(gateway_paths))})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # Lookups used on hot paths, computed once.
+    def number(self, e164: str) -> NumberConfig | None:
+        return self._by_number.get(e164)
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        return self._by_provider.get(name)
+
+    def prefixes(self) -> dict[str, list[NumberConfig]]:
+        return self._by_prefix
+
+    def model_post_init(self, context: Any, /) -> None:
+        by_prefix: dict[str, list[NumberConfig]] = {}
+        for number in self.numbers:
+            by_prefix.setdefault(number.url_prefix, []).append(number)
+        object.__setattr__(self, "_by_number", {n.number: n for n in self.numbers})
+        object.__setattr__(self, "_by_provider", {p.name: p for p in self.providers})
+        object.__setattr__(self, "_by_prefix", by_prefix)
+
+    _by_number: dict[str, NumberConfig]
+    _by_provider: dict[str, ProviderConfig]
+    _by_prefix: dict[str, list[NumberConfig]]
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:{MASK}@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _resolve_env(node: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _resolve_env(v, f"{path}.{k}" if path else k, env, problems) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_resolve_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "config"
+
+
+def parse_config(text: str, env: dict[str, str] | None = None, source: str = "config") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    problems: list[str] = []
+    resolved = _resolve_env(raw, "", dict(os.environ) if env is None else env, problems)
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+    try:
+        return Config.model_validate(resolved)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            loc = _format_loc(tuple(err["loc"]))
+            lines.append(msg if loc == "config" else f"{loc}: {msg}")
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load `path`, else $SMSBRIDGE_CONFIG, else the embedded demo configuration."""
+    chosen = path or os.environ.get("SMSBRIDGE_CONFIG")
+    if not chosen:
+        from smsbridge.demo import DEMO_CONFIG
+
+        return parse_config(DEMO_CONFIG, env={}, source="demo configuration")
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    return parse_config(text, source=str(file))
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The resolved configuration as plain data, every secret masked."""
+    data = config.model_dump(mode="json", by_alias=True)
+    data["broker"]["url"] = config.broker.masked_url()
+    if config.gateway.dlr_secret is not None:
+        data["gateway"]["dlr_secret"] = MASK
+    for provider in data["providers"]:
+        provider["access_key"] = MASK
+        provider["secret_key"] = MASK
+    return data

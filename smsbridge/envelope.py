@@ -1,0 +1,70 @@
+"""The internal message between the gateway, the media worker and the resolver.
+
+It carries Flowroute's webhook exactly as received (so nothing is lost or reinterpreted),
+when the bridge accepted it, the URL prefix it came in on, and, after the media worker, the
+stored media.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+TYPE = "smsbridge.internal.webhook.v1"
+
+
+class EnvelopeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    received_at: str
+    prefix: str
+    webhook: Any
+    media: list[dict[str, Any]] | None = None
+
+    def with_media(self, media: list[dict[str, Any]]) -> bytes:
+        return orjson.dumps(
+            {
+                "received_at": self.received_at,
+                "prefix": self.prefix,
+                "webhook": self.webhook,
+                "media": media,
+            }
+        )
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wrap(raw_json: bytes, prefix: str, received_at: str) -> bytes:
+    """Envelope a validated JSON body without re-serializing it (the gateway's hot path).
+
+    `prefix` comes from the configuration (URL-safe characters only), `raw_json` was parsed.
+    """
+    return b'{"received_at":"%s","prefix":"%s","webhook":%s}' % (
+        received_at.encode(),
+        prefix.encode(),
+        raw_json,
+    )
+
+
+def unwrap(body: bytes) -> Envelope:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or "webhook" not in data:
+        raise EnvelopeError("not an smsbridge webhook envelope")
+    media = data.get("media")
+    return Envelope(
+        received_at=str(data.get("received_at") or now_rfc3339()),
+        prefix=str(data.get("prefix") or ""),
+        webhook=data["webhook"],
+        media=media if isinstance(media, list) else None,
+    )

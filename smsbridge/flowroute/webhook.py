@@ -1,0 +1,136 @@
+"""Inbound SMS/MMS webhooks: both body forms and the drift real traffic shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.flowroute import CompactWebhook, JsonApiWebhook, MessageAttributes
+from smsbridge.phone import NumberError, normalize_sender, to_e164
+
+
+class NotJson(ValueError):
+    """The body is not JSON at all (HTTP 400)."""
+
+
+class WebhookError(ValueError):
+    """JSON that is not a Flowroute message (HTTP 422)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRef:
+    url: str | None
+    file_name: str | None
+    content_type: str | None
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    id: str
+    to: str  # E.164 with '+'
+    from_: str  # E.164 with '+', or a short code's digits
+    body: str
+    sent_at: datetime | None
+    media: tuple[MediaRef, ...]
+    attributes: dict[str, Any]  # the provider's original attributes, untouched
+
+    @property
+    def is_mms(self) -> bool:
+        return bool(self.media)
+
+
+def decode_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise NotJson(f"body is not JSON: {exc}") from None
+
+
+def parse_inbound(obj: Any, region: str = "US") -> InboundSms:
+    if not isinstance(obj, dict):
+        raise WebhookError("body is not a JSON object")
+    try:
+        if "data" in obj:
+            return _from_jsonapi(obj, region)
+        return _from_compact(obj, region)
+    except ValidationError as exc:
+        raise WebhookError(_first_error(exc)) from None
+    except NumberError as exc:
+        raise WebhookError(str(exc)) from None
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Flowroute's timestamps come as ...00Z, ...980000Z or +00:00; anything else is None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _from_jsonapi(obj: dict[str, Any], region: str) -> InboundSms:
+    hook = JsonApiWebhook.model_validate(obj)
+    if hook.data.type != "message":
+        raise WebhookError(f"data.type is {hook.data.type!r}, not 'message'")
+    media = tuple(
+        MediaRef(
+            url=item.attributes.url,
+            file_name=item.attributes.file_name,
+            content_type=item.attributes.mime_type,
+            size=_int_or_none(item.attributes.file_size),
+        )
+        for item in hook.included or ()
+        if item.type == "media"
+    )
+    return _build(hook.data.id, hook.data.attributes, obj["data"]["attributes"], media, region)
+
+
+def _from_compact(obj: dict[str, Any], region: str) -> InboundSms:
+    hook = CompactWebhook.model_validate(obj)
+    urls = obj.get("media_urls")
+    media = tuple(
+        MediaRef(url=url, file_name=None, content_type=None, size=None)
+        for url in (urls if isinstance(urls, list) else ())
+        if isinstance(url, str)
+    )
+    return _build(hook.id, hook, obj, media, region)  # compact: the whole body is the attributes
+
+
+def _build(
+    message_id: str,
+    attrs: MessageAttributes,
+    original: dict[str, Any],
+    media: tuple[MediaRef, ...],
+    region: str,
+) -> InboundSms:
+    return InboundSms(
+        id=message_id,
+        to=to_e164(attrs.to, region),
+        from_=normalize_sender(attrs.from_, region),
+        body=attrs.body or "",
+        sent_at=parse_timestamp(attrs.timestamp),
+        media=media,
+        attributes=original,
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"

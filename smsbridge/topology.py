@@ -1,0 +1,140 @@
+"""Every exchange and queue smsbridge uses, declared in one place.
+
+Every component declares the whole topology idempotently at start, so any of them may start
+first. Public names (CONTRACT §1) are fixed; the rest is internal.
+
+    Flowroute -> gateway --internal:inbound--> smsbridge.inbound --resolver--> smsbridge.events
+                        \\-internal:media--> smsbridge.media --media worker--/ (via inbound)
+    PBX --smsbridge.outbound:send--> smsbridge.outbound.requests --outbound worker--> Flowroute
+    any stage --parking:<stage>--> smsbridge.parked.<stage> (with the reason in headers)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+
+# Public (CONTRACT §1).
+EVENTS = "smsbridge.events"
+OUTBOUND = "smsbridge.outbound"
+UNROUTABLE_QUEUE = "smsbridge.unroutable"
+SEND_KEY = "send"
+
+# Internal.
+UNROUTABLE_AE = "smsbridge.unroutable.ae"
+INTERNAL = "smsbridge.internal"
+PARKING = "smsbridge.parking"
+RETRY = "smsbridge.retry"
+
+INBOUND_QUEUE = "smsbridge.inbound"  # webhooks waiting for the resolver
+MEDIA_QUEUE = "smsbridge.media"  # MMS webhooks waiting for their media
+OUTBOUND_QUEUE = "smsbridge.outbound.requests"  # PBX requests waiting for the outbound worker
+QUARANTINE_QUEUE = "smsbridge.quarantine"  # refused webhook bodies, bounded, for inspection
+QUARANTINE_MAX = 10_000
+
+INBOUND_KEY = "inbound"
+MEDIA_KEY = "media"
+QUARANTINE_KEY = "quarantine"
+STAGES = ("inbound", "media", "outbound")
+
+# Redeliveries before the broker itself dead-letters a message that keeps crashing a worker.
+DELIVERY_LIMIT = 10
+
+# Every message header the bridge adds is namespaced.
+H_REASON = "x-smsbridge-reason"
+H_STAGE = "x-smsbridge-stage"
+H_PARKED_AT = "x-smsbridge-parked-at"
+H_ORIGINAL_EXCHANGE = "x-smsbridge-original-exchange"
+H_ORIGINAL_KEY = "x-smsbridge-original-routing-key"
+
+
+def parked_queue(stage: str) -> str:
+    return f"smsbridge.parked.{stage}"
+
+
+def inbound_key(destination: str | None) -> str:
+    return f"inbound.{destination}" if destination else "inbound.unrouted"
+
+
+def status_key(status: str) -> str:
+    return f"status.{status}"
+
+
+def work_queue_arguments(stage: str, **extra: Any) -> dict[str, Any]:
+    """A quorum work queue whose failures are dead-lettered (at least once) to its parking queue."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": PARKING,
+        "x-dead-letter-routing-key": stage,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        **extra,
+    }
+
+
+@dataclass
+class Topology:
+    """Strong references to what was declared: robust channels only restore what is alive."""
+
+    exchanges: dict[str, AbstractExchange] = field(default_factory=dict)
+    queues: dict[str, AbstractQueue] = field(default_factory=dict)
+
+
+async def declare(channel: AbstractChannel) -> Topology:
+    topo = Topology()
+
+    async def exchange(name: str, kind: ExchangeType, **arguments: Any) -> AbstractExchange:
+        ex = await channel.declare_exchange(name, kind, durable=True, arguments=arguments or None)
+        topo.exchanges[name] = ex
+        return ex
+
+    async def queue(name: str, arguments: dict[str, Any]) -> AbstractQueue:
+        q = await channel.declare_queue(name, durable=True, arguments=arguments)
+        topo.queues[name] = q
+        return q
+
+    quorum = {"x-queue-type": "quorum"}
+
+    ae = await exchange(UNROUTABLE_AE, ExchangeType.FANOUT)
+    await (await queue(UNROUTABLE_QUEUE, quorum)).bind(ae)
+    await exchange(EVENTS, ExchangeType.TOPIC, **{"alternate-exchange": UNROUTABLE_AE})
+    outbound = await exchange(
+        OUTBOUND, ExchangeType.DIRECT, **{"alternate-exchange": UNROUTABLE_AE}
+    )
+    internal = await exchange(INTERNAL, ExchangeType.DIRECT)
+    parking = await exchange(PARKING, ExchangeType.DIRECT)
+    await exchange(RETRY, ExchangeType.HEADERS)
+
+    for stage in STAGES:
+        await (await queue(parked_queue(stage), quorum)).bind(parking, stage)
+    quarantine_args = {**quorum, "x-max-length": QUARANTINE_MAX, "x-overflow": "drop-head"}
+    await (await queue(QUARANTINE_QUEUE, quarantine_args)).bind(parking, QUARANTINE_KEY)
+
+    await (await queue(INBOUND_QUEUE, work_queue_arguments("inbound"))).bind(internal, INBOUND_KEY)
+    await (await queue(MEDIA_QUEUE, work_queue_arguments("media"))).bind(internal, MEDIA_KEY)
+    await (await queue(OUTBOUND_QUEUE, work_queue_arguments("outbound"))).bind(outbound, SEND_KEY)
+    return topo
+
+
+def json_message(
+    body: bytes,
+    *,
+    message_id: str,
+    type_: str | None = None,
+    headers: dict[str, Any] | None = None,
+    expiration: float | None = None,
+) -> aio_pika.Message:
+    """Every message the bridge publishes: JSON, persistent, identified."""
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        type=type_,
+        headers=headers,
+        expiration=expiration,
+    )
