@@ -135,7 +135,9 @@ async def refuse(
         "x-smsbridge-peer": request.remote or "",
         topology.H_PARKED_AT: envelope.now_rfc3339(),
     }
-    message = topology.json_message(raw, message_id=f"quarantine-{uuid.uuid4().hex}", headers=headers)
+    message = topology.json_message(
+        raw, message_id=f"quarantine-{uuid.uuid4().hex}", headers=headers
+    )
     try:
         await request.app[BROKER].publish(topology.PARKING, topology.QUARANTINE_KEY, message, 1.0)
     except PublishFailed as exc:

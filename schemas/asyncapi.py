@@ -86,7 +86,7 @@ readable `reason` and is kept in a dead-letter queue.
 
 - `POST /<url_prefix>`: Flowroute's inbound SMS/MMS webhook (`url_prefix` comes from the
   numbers' configuration). The body is a Flowroute message, JSON:API form
-  (`#/components/schemas/JsonApiWebhook`) or compact form (`CompactWebhook`); see the
+  (`JsonApiWebhook` under components/schemas) or compact form (`CompactWebhook`); see the
   `FlowrouteInboundWebhook` message. Answers: `200` once the message is durably in RabbitMQ
   (publisher confirm), `200` again for a message id already accepted (not published twice),
   `400` body is not JSON, `413` body too large, `422` JSON that is not a Flowroute message,

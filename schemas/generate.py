@@ -1,7 +1,7 @@
 """Write the JSON Schemas and the AsyncAPI document generated from the models.
 
-    python -m schemas.generate          # (re)write schemas/json/*.schema.json, schemas/asyncapi.json
-    python -m schemas.generate --check  # exit 1, listing them, if any file is stale (for CI)
+python -m schemas.generate          # (re)write schemas/json/*.schema.json, schemas/asyncapi.json
+python -m schemas.generate --check  # exit 1, listing them, if any file is stale (for CI)
 """
 
 from __future__ import annotations

@@ -44,11 +44,18 @@ class Broker:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
+        self._extra: list[Callable[[AbstractChannel], Awaitable[topology.Topology]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` once after the first successful connect (e.g. start consuming)."""
         self._on_connect.append(callback)
+
+    def declare_also(
+        self, declare: Callable[[AbstractChannel], Awaitable[topology.Topology]]
+    ) -> None:
+        """Declare more (e.g. per-account queues) with the common topology, before consuming."""
+        self._extra.append(declare)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._connect_forever(), name=f"broker-{self.name}")
@@ -90,6 +97,10 @@ class Broker:
         )
         self._topology = await topology.declare(self._pub_channel)
         self._exchanges = dict(self._topology.exchanges)
+        for declare in self._extra:
+            extra = await declare(self._pub_channel)
+            self._topology.exchanges.update(extra.exchanges)
+            self._topology.queues.update(extra.queues)
 
     async def _close_connections(self) -> None:
         for conn in (self._sub_conn, self._pub_conn):
@@ -130,6 +141,18 @@ class Broker:
         channel = await self._sub_conn.channel()
         await channel.set_qos(prefetch_count=prefetch)  # per consumer; never global on quorum
         return channel
+
+    async def queue_depth(self, name: str) -> int:
+        """Messages ready in a queue (a passive declare on a short-lived channel)."""
+        if self._pub_conn is None:
+            raise RuntimeError("broker not connected")
+        channel = await self._pub_conn.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     # -- publishing --------------------------------------------------------------------
     async def publish(

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from smsbridge import logs
+from smsbridge import logs, topology
 from smsbridge.config import Config, ConfigError, load_config, masked
 from smsbridge.runner import WORKER_KINDS, run_until_signalled
 
@@ -50,6 +50,43 @@ def cmd_tail(args: argparse.Namespace) -> int:
     config = _config(args)
     url = config.broker.url.get_secret_value()
     return asyncio.run(tail(url, args.pattern, count=args.count, timeout=args.timeout))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import uuid
+
+    from smsbridge.ops import send
+
+    config = _config(args)
+    request: dict[str, Any] = {"id": args.id or f"cli-{uuid.uuid4().hex}", "to": args.to}
+    for key, value in (("from", args.from_), ("extension", args.extension), ("body", args.body)):
+        if value is not None:
+            request[key] = value
+    if args.media:
+        request["media_urls"] = args.media
+    asyncio.run(send(config.broker.url.get_secret_value(), request))
+    print(request["id"])
+    return 0
+
+
+def cmd_parked(args: argparse.Namespace) -> int:
+    from smsbridge.ops import parked
+
+    config = _config(args)
+    ids = set(args.id) if args.id else None
+    shown = asyncio.run(
+        parked(
+            config.broker.url.get_secret_value(),
+            args.stage,
+            requeue=args.action == "requeue",
+            ids=ids,
+        )
+    )
+    for item in shown:
+        sys.stdout.buffer.write(orjson.dumps(item) + b"\n")
+    verb = "re-queued" if args.action == "requeue" else "parked"
+    print(f"{len(shown)} {verb} in smsbridge.parked.{args.stage}", file=sys.stderr)
+    return 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -113,6 +150,21 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, default=None, help="exit after N events")
     tail.add_argument("--timeout", type=float, default=None, help="exit after S seconds")
     tail.set_defaults(func=cmd_tail)
+
+    send = sub.add_parser("send", help="publish an OutboundRequest as a PBX service would")
+    send.add_argument("--to", required=True)
+    send.add_argument("--from", dest="from_")
+    send.add_argument("--extension")
+    send.add_argument("--body")
+    send.add_argument("--media", nargs="*", default=[], help="media URLs (makes it an MMS)")
+    send.add_argument("--id", help="request id (default: a new one)")
+    send.set_defaults(func=cmd_send)
+
+    parked = sub.add_parser("parked", help="list or re-queue parked messages")
+    parked.add_argument("action", choices=("list", "requeue"))
+    parked.add_argument("stage", nargs="?", default="outbound", choices=topology.STAGES)
+    parked.add_argument("--id", action="append", help="only these message ids (repeatable)")
+    parked.set_defaults(func=cmd_parked)
 
     sandbox = sub.add_parser("sandbox", help="a local Flowroute look-alike")
     sandbox.add_argument("--listen", default="127.0.0.1:8090")

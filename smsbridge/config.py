@@ -131,6 +131,10 @@ class OutboundConfig(_Section):
     max_age_seconds: float = Field(default=6 * 3600.0, gt=0)
     request_timeout: float = Field(default=15.0, gt=0)
     in_process_attempts: int = Field(default=3, ge=1, le=10)
+    concurrency: int = Field(default=256, ge=1, le=5000, description="sends in flight per account")
+    sent_ids_seconds: float = Field(
+        default=86400.0, ge=0, description="remember sent ids this long"
+    )
 
 
 class LoggingConfig(_Section):
@@ -142,8 +146,8 @@ class ProviderConfig(_Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     type: Literal["flowroute"] = "flowroute"
     api_url: str = "https://api.flowroute.com/v2.2"
-    access_key: SecretStr
-    secret_key: SecretStr
+    access_key: SecretStr = Field(min_length=1)
+    secret_key: SecretStr = Field(min_length=1)
     sms_per_second: float = Field(default=5.0, gt=0)
     mms_per_second: float = Field(default=1.0, gt=0)
 
@@ -205,7 +209,10 @@ class Config(_Section):
         for name in {n for n in names if names.count(n) > 1}:
             problems.append(f"providers: duplicate name {name!r}")
         seen: dict[str, int] = {}
-        gateway_paths = RESERVED_PATHS | {self.gateway.dlr_path.split("/")[0]}
+        dlr_root = self.gateway.dlr_path.split("/")[0]
+        if dlr_root in RESERVED_PATHS:
+            problems.append(f"gateway.dlr_path: {dlr_root!r} collides with the gateway's own paths")
+        gateway_paths = RESERVED_PATHS | {dlr_root}
         for i, number in enumerate(self.numbers):
             where = f"numbers[{i}]"
             if number.provider not in names:
@@ -252,10 +259,9 @@ def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:{MASK}@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{hostport}"))
 
 
 def _resolve_env(node: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:

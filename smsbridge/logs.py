@@ -53,7 +53,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     ]
     tail: list[Any]
     if console:
+        # Render tracebacks to text first, so the masking sees (and cleans) them too.
         tail = [
+            structlog.processors.format_exc_info,
             mask_secrets,
             structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
         ]

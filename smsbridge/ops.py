@@ -55,3 +55,87 @@ async def sandbox_post(sandbox_url: str, request: dict[str, Any]) -> int:
             answer = await resp.text()
     print(answer)
     return 0 if resp.status == 200 else 1
+
+
+async def send(url: str, request: dict[str, Any]) -> None:
+    """Publish an OutboundRequest exactly as a PBX service would (confirmed, persistent)."""
+    from schemas.messages import OUTBOUND_REQUEST_TYPE
+    from smsbridge.broker import Broker
+
+    broker = Broker(url, "send")
+    await broker.start()
+    try:
+        await broker.wait_connected(10)
+        message = topology.json_message(
+            orjson.dumps(request), message_id=str(request["id"]), type_=OUTBOUND_REQUEST_TYPE
+        )
+        await broker.publish(topology.OUTBOUND, topology.SEND_KEY, message)
+    finally:
+        await broker.close()
+
+
+def _parked_view(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
+    headers = message.headers or {}
+    try:
+        body: Any = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        body = message.body.decode("utf-8", "replace")
+    return {
+        "message_id": message.message_id,
+        "reason": headers.get(topology.H_REASON),
+        "stage": headers.get(topology.H_STAGE),
+        "parked_at": headers.get(topology.H_PARKED_AT),
+        "original_exchange": headers.get(topology.H_ORIGINAL_EXCHANGE),
+        "original_routing_key": headers.get(topology.H_ORIGINAL_KEY),
+        "body": body,
+    }
+
+
+async def parked(
+    url: str, stage: str, *, requeue: bool, ids: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """List a parking queue, or re-queue its messages (all, or those in `ids`) to where they
+    were first published, with a clean slate of retry headers.
+
+    Listing takes every message without acking and lets the broker return them when the
+    channel closes, so it never loses one; re-queuing acks each only after its republish is
+    confirmed.
+    """
+    from smsbridge.broker import Broker
+
+    broker = Broker(url, "parked")
+    await broker.start()
+    await broker.wait_connected(10)
+    connection = await aio_pika.connect(
+        url, client_properties={"connection_name": "smsbridge-parked"}
+    )
+    shown: list[dict[str, Any]] = []
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(topology.parked_queue(stage), ensure=False)
+        while (message := await queue.get(no_ack=False, fail=False, timeout=10)) is not None:
+            view = _parked_view(message)
+            if ids is not None and message.message_id not in ids:
+                continue  # left unacked: returned to the queue when the channel closes
+            shown.append(view)
+            if not requeue:
+                continue
+            exchange = str(view["original_exchange"] or topology.OUTBOUND)
+            key = str(view["original_routing_key"] or topology.SEND_KEY)
+            headers = {
+                k: v
+                for k, v in (message.headers or {}).items()
+                if not k.startswith("x-smsbridge-") and k not in ("x-death", "x-delivery-count")
+            }
+            again = topology.json_message(
+                message.body,
+                message_id=message.message_id or "",
+                type_=message.type,
+                headers=headers,
+            )
+            await broker.publish(exchange, key, again)
+            await message.ack()
+    finally:
+        await connection.close()
+        await broker.close()
+    return shown

@@ -20,7 +20,7 @@ def to_e164(raw: str, region: str = "US") -> str:
     """
     text = raw.strip()
     digits = "".join(ch for ch in text if ch.isdigit())
-    if not digits or len(digits) > 15:
+    if not digits or len(digits) > 15 or any(ch.isalpha() for ch in text):
         raise NumberError(f"not a phone number: {raw[:40]!r}")
     candidate = "+" + digits if text.startswith("+") or len(digits) >= 11 else digits
     try:

@@ -17,6 +17,7 @@ class RecentIds:
         self.ttl = ttl
         self.max_size = max_size
         self._done: OrderedDict[str, float] = OrderedDict()  # id -> expiry (monotonic)
+        self._values: dict[str, str] = {}  # optional value remembered with an id
         self._pending: dict[str, asyncio.Future[bool]] = {}
 
     def __len__(self) -> int:
@@ -26,6 +27,10 @@ class RecentIds:
         expiry = self._done.get(key)
         return expiry is not None and expiry > time.monotonic()
 
+    def value(self, key: str) -> str | None:
+        """The value remembered with a done id (e.g. the provider's message id)."""
+        return self._values.get(key) if self.done(key) else None
+
     def pending(self, key: str) -> asyncio.Future[bool] | None:
         """The outcome of the same id being handled right now, if it is."""
         return self._pending.get(key)
@@ -33,7 +38,7 @@ class RecentIds:
     def begin(self, key: str) -> None:
         self._pending[key] = asyncio.get_running_loop().create_future()
 
-    def finish(self, key: str, ok: bool) -> None:
+    def finish(self, key: str, ok: bool, value: str | None = None) -> None:
         """End `begin`: remember the id when `ok`, and tell anyone waiting on it."""
         future = self._pending.pop(key, None)
         if future is not None and not future.done():
@@ -42,6 +47,8 @@ class RecentIds:
             now = time.monotonic()
             self._done[key] = now + self.ttl
             self._done.move_to_end(key)
+            if value is not None:
+                self._values[key] = value
             self._prune(now)
 
     def _prune(self, now: float) -> None:
@@ -51,3 +58,4 @@ class RecentIds:
             if expiry > now and len(done) <= self.max_size:
                 break
             del done[key]
+            self._values.pop(key, None)

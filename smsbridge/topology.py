@@ -138,3 +138,53 @@ def json_message(
         headers=headers,
         expiration=expiration,
     )
+
+
+# -- outbound: one queue per provider account, and delay tiers for broker retries ---------
+H_FIRST_SEEN = "x-smsbridge-first-seen"  # epoch milliseconds the request entered the bridge
+H_ATTEMPTS = "x-smsbridge-attempts"  # send attempts made so far
+H_RETRIES = "x-smsbridge-retries"  # broker retry rounds so far
+H_RETRY_TIER = "x-smsbridge-retry-tier"
+
+
+def account_queue(account: str) -> str:
+    return f"smsbridge.outbound.account.{account}"
+
+
+def account_key(account: str) -> str:
+    return f"outbound.account.{account}"
+
+
+def retry_tier(delay: float) -> str:
+    return f"{round(delay * 1000)}ms"
+
+
+async def declare_outbound(
+    channel: AbstractChannel, accounts: list[str], retry_delays: list[float]
+) -> Topology:
+    """Per-account queues with a single active consumer: one replica sends for an account at a
+    time (so its rate limit holds exactly), another takes over at once if it goes away.
+    Retry queues hold a request for their TTL, then dead-letter it back to its account."""
+    topo = Topology()
+    internal = await channel.get_exchange(INTERNAL, ensure=False)
+    retry = await channel.get_exchange(RETRY, ensure=False)
+    for account in accounts:
+        name = account_queue(account)
+        args = work_queue_arguments("outbound", **{"x-single-active-consumer": True})
+        queue = await channel.declare_queue(name, durable=True, arguments=args)
+        await queue.bind(internal, account_key(account))
+        topo.queues[name] = queue
+    for delay in sorted(set(retry_delays)):
+        tier = retry_tier(delay)
+        name = f"smsbridge.outbound.retry.{tier}"
+        args = {
+            "x-queue-type": "quorum",
+            "x-message-ttl": round(delay * 1000),
+            "x-dead-letter-exchange": INTERNAL,  # keeps the routing key: back to its account
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        queue = await channel.declare_queue(name, durable=True, arguments=args)
+        await queue.bind(retry, arguments={"x-match": "all", H_RETRY_TIER: tier})
+        topo.queues[name] = queue
+    return topo

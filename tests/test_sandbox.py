@@ -513,3 +513,33 @@ def test_payload_builders() -> None:
     assert "status_code" not in compact["attributes"]
     level2 = dlr("mdr2-" + "a" * 32, 2, "message buffered", 1003)
     assert level2["data"]["attributes"]["status_code_description"] == "Message accepted by Carrier"
+
+
+async def test_config_endpoint_and_background_inbound(
+    sandbox: Sandbox, client: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    config = {
+        "dlr_status": "delivery failure",
+        "dlr_status_code": "1003",
+        "accounts": [{"access_key": "new", "secret_key": "pw", "sms_per_second": 100}],
+    }
+    async with client.post(f"{sandbox.url}/_sandbox/config", json=config) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert answer["dlr_status"] == "delivery failure"
+    assert {"access_key": "new", "sms_per_second": 100, "mms_per_second": 1} in answer["accounts"]
+    new_auth = aiohttp.encode_basic_auth("new", "pw")
+    results = await asyncio.gather(
+        *(send(client, sandbox, sms(), auth=new_auth) for _ in range(20))
+    )
+    assert {r[0] for r in results} == {202}
+
+    request = {"gateway_url": receiver.url, "kind": "sms", "body": "bg", "wait": False}
+    async with client.post(f"{sandbox.url}/_sandbox/inbound", json=request) as resp:
+        assert resp.status == 202
+        mid = (await resp.json())["message_id"]
+    await sandbox.wait_idle()
+    assert receiver.posts[0][0]["data"]["id"] == mid
+    async with client.get(f"{sandbox.url}/_sandbox/inbound") as resp:
+        [record] = await resp.json()
+    assert record["message_id"] == mid and record["status"] == 200

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from smsbridge import topology
+from smsbridge import envelope, topology
 from smsbridge.broker import Broker, PublishFailed
 from smsbridge.logs import get_logger
 from smsbridge.metrics import MESSAGES_HANDLED
@@ -27,6 +26,15 @@ from smsbridge.metrics import MESSAGES_HANDLED
 log = get_logger(__name__)
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[str | None]]
+
+
+class DeliveryLost(Exception):
+    """The channel this delivery came on is gone: the broker will redeliver it (perhaps to
+    another replica), so stop working on it, and neither ack nor publish anything for it."""
+
+
+def channel_open(message: AbstractIncomingMessage) -> bool:
+    return not message.channel.is_closed
 
 
 class Park(Exception):
@@ -49,7 +57,7 @@ async def park(broker: Broker, stage: str, message: AbstractIncomingMessage, rea
         {
             topology.H_REASON: reason[:1000],
             topology.H_STAGE: stage,
-            topology.H_PARKED_AT: int(time.time()),
+            topology.H_PARKED_AT: envelope.now_rfc3339(),
             topology.H_ORIGINAL_EXCHANGE: message.exchange or "",
             topology.H_ORIGINAL_KEY: message.routing_key or "",
         }
@@ -67,7 +75,14 @@ class Consumer:
     """Consumes one queue with one handler; keeps strong references for robust reconnects."""
 
     def __init__(
-        self, broker: Broker, queue: str, stage: str, handler: Handler, *, prefetch: int
+        self,
+        broker: Broker,
+        queue: str,
+        stage: str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.queue_name = queue
@@ -79,9 +94,15 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._on_open = on_open
 
     async def start(self, arguments: dict[str, Any] | None = None) -> None:
         self._channel = await self.broker.consumer_channel(self.prefetch)
+        if self._on_open is not None:
+            # Called now and whenever the robust channel is reopened after a reconnect.
+            on_open = self._on_open
+            on_open()
+            self._channel.reopen_callbacks.add(lambda *_: on_open())  # type: ignore[attr-defined]
         self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
         self._tag = await self._queue.consume(self._on_message, arguments=arguments)
         log.info("consuming", queue=self.queue_name, prefetch=self.prefetch)
@@ -118,6 +139,9 @@ class Consumer:
             outcome = await self.handler(message) or "published"
         except Park as exc:
             await self._park(message, exc.reason)
+            return
+        except DeliveryLost:
+            log.info("channel lost mid-delivery; the broker redelivers it")
             return
         except PublishFailed as exc:
             log.warning("publish failed, message requeued", error=str(exc))

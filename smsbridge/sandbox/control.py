@@ -145,8 +145,9 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
         )
         interval = _opt(data, "resend_interval", (int, float))
         attempts = _opt(data, "max_attempts", (int,))
+        wait = _opt(data, "wait", (bool,), True)
         coro = sandbox.deliver_inbound(result, resend_interval=interval, max_attempts=attempts)
-        if not _opt(data, "wait", (bool,), True):
+        if not wait:
             sandbox.spawn(coro)
             return _json({"message_id": result.message_id, "status": None, "attempts": 0}, 202)
         await coro

@@ -50,21 +50,18 @@ def big_bytes(size: int) -> bytes:
 def media_bytes(name: str, size: int, content_type: str = "application/octet-stream") -> bytes:
     """Deterministic content of ``size`` bytes for a generated media file.
 
-    Starts with the type's magic bytes when known (JPEG, PNG, GIF, ...), then a SHA-256 stream
-    seeded by the name. ``text/*`` gets printable ASCII.
+    Starts with the type's magic bytes when known (JPEG, PNG, GIF, ...), then a repeated 64 KiB
+    SHA-256 stream seeded by the name. ``text/*`` gets printable ASCII.
     """
     if size <= 0:
         return b""
     if content_type.startswith("text/"):
         line = f"sandbox media {name}\n".encode()
         return (line * (size // len(line) + 1))[:size]
-    out = bytearray(_MAGIC.get(content_type, b""))
     seed = hashlib.sha256(name.encode()).digest()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        counter += 1
-    return bytes(out[:size])
+    block = b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(2048))
+    out = _MAGIC.get(content_type, b"") + block * (size // len(block) + 1)
+    return out[:size]
 
 
 def _s3_error(code: str, message: str, extra: str = "") -> bytes:

@@ -1,0 +1,140 @@
+"""Flowroute's send API (POST <api_url>/messages) and its error vocabulary.
+
+Every answer is classified into a small vocabulary that drives what the outbound worker does:
+Sent (202), Transient (429, 5xx, connection errors, timeouts: retry), AuthFailure (401/403:
+hold the account), Permanent (any other 4xx: fail the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from smsbridge.config import ProviderConfig
+
+RETRY_AFTER_CAP = 30.0
+_HEADERS = {
+    "Content-Type": "application/vnd.api+json",
+    "Accept": "application/vnd.api+json",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    provider_id: str
+
+
+class SendError(Exception):
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class Transient(SendError):
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason, status)
+        self.retry_after = retry_after
+
+
+class AuthFailure(SendError):
+    """The account's keys are refused: nothing will send until they are fixed."""
+
+
+class Permanent(SendError):
+    """Flowroute refused this message for good (bad number, media too large, 10DLC, ...)."""
+
+
+def message_body(
+    to: str, from_: str, body: str | None, media_urls: list[str], dlr_callback: str | None
+) -> dict[str, Any]:
+    """The JSON:API body; numbers as E.164 digits without '+' (what Flowroute expects)."""
+    attributes: dict[str, Any] = {"to": to.lstrip("+"), "from": from_.lstrip("+")}
+    if body:
+        attributes["body"] = body
+    if media_urls:
+        attributes["is_mms"] = True
+        attributes["media_urls"] = media_urls
+    if dlr_callback:
+        attributes["dlr_callback"] = dlr_callback
+    return {"data": {"type": "message", "attributes": attributes}}
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def error_detail(status: int, raw: bytes) -> str:
+    """Flowroute's `errors[0].detail` (which may not be a string), else the status."""
+    try:
+        data = orjson.loads(raw)
+        first = data["errors"][0]
+        detail = first.get("detail")
+        title = first.get("title")
+        text = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+        if detail is None:
+            text = str(title or "")
+        return f"HTTP {status}: {text}"[:500] if text else f"HTTP {status}"
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return f"HTTP {status}"
+
+
+class FlowrouteClient:
+    def __init__(self, session: aiohttp.ClientSession, provider: ProviderConfig) -> None:
+        self.session = session
+        self.url = f"{provider.api_url}/messages"
+        credentials = (
+            f"{provider.access_key.get_secret_value()}:{provider.secret_key.get_secret_value()}"
+        )
+        self._headers = {
+            **_HEADERS,
+            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
+        }
+
+    def __repr__(self) -> str:  # never show the credentials
+        return f"FlowrouteClient({self.url!r})"
+
+    async def send(self, payload: dict[str, Any]) -> Sent:
+        try:
+            async with self.session.post(
+                self.url, data=orjson.dumps(payload), headers=self._headers
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError:
+            raise Transient("timeout waiting for Flowroute") from None
+        except aiohttp.ClientError as exc:  # incl. ServerDisconnectedError on a reused connection
+            raise Transient(f"connection error: {type(exc).__name__}") from None
+        except asyncio.CancelledError:
+            raise
+        if status in (200, 201, 202):
+            try:
+                provider_id = orjson.loads(raw)["data"]["id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise Transient(f"HTTP {status} without a message id") from None
+            return Sent(str(provider_id))
+        reason = error_detail(status, raw)
+        if status == 429 or status >= 500:
+            raise Transient(reason, status, retry_after)
+        if status in (401, 403):
+            raise AuthFailure(reason, status)
+        raise Permanent(reason, status)
