@@ -94,9 +94,14 @@ class Account:
             self.fresh = False
             self.sms.prime()
             self.mms.prime()
-        if not probe:
+        limiter = self.mms if is_mms else self.sms
+        while True:
+            await limiter.acquire()
+            # Checked after the (possibly long) wait for a slot: the account may have been
+            # held meanwhile, and then only the probe may go.
+            if probe or self.released.is_set():
+                break
             await self.released.wait()
-        await (self.mms if is_mms else self.sms).acquire()
         if not channel_open(delivery):
             # Our channel closed while we waited: the broker has handed this request to
             # another replica. Sending it here too would duplicate it and break the limit.
