@@ -16,9 +16,10 @@ from smsbridge.config import Config, ConfigError, load_config, masked
 from smsbridge.runner import WORKER_KINDS, run_until_signalled
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace, *, tool: bool = False) -> Config:
+    """Load the configuration; command-line tools log warnings only, keeping stdout for data."""
     config = load_config(args.config)
-    logs.configure(config.logging.level, config.logging.format)
+    logs.configure("warning" if tool else config.logging.level, config.logging.format)
     return config
 
 
@@ -47,7 +48,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from smsbridge.ops import tail
 
-    config = _config(args)
+    config = _config(args, tool=True)
     url = config.broker.url.get_secret_value()
     return asyncio.run(tail(url, args.pattern, count=args.count, timeout=args.timeout))
 
@@ -57,7 +58,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     from smsbridge.ops import send
 
-    config = _config(args)
+    config = _config(args, tool=True)
     request: dict[str, Any] = {"id": args.id or f"cli-{uuid.uuid4().hex}", "to": args.to}
     for key, value in (("from", args.from_), ("extension", args.extension), ("body", args.body)):
         if value is not None:
@@ -72,7 +73,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_parked(args: argparse.Namespace) -> int:
     from smsbridge.ops import parked
 
-    config = _config(args)
+    config = _config(args, tool=True)
     ids = set(args.id) if args.id else None
     shown = asyncio.run(
         parked(

@@ -52,8 +52,9 @@ async def sandbox_post(sandbox_url: str, request: dict[str, Any]) -> int:
     async with aiohttp.ClientSession() as session:
         url = sandbox_url.rstrip("/") + "/_sandbox/inbound"
         async with session.post(url, json=request) as resp:
-            answer = await resp.text()
-    print(answer)
+            answer = await resp.json() if resp.status == 200 else {"error": await resp.text()}
+    shown = {k: answer.get(k) for k in ("message_id", "status", "attempts", "error") if k in answer}
+    print(orjson.dumps(shown).decode())
     return 0 if resp.status == 200 else 1
 
 

@@ -336,6 +336,7 @@ async def test_rate_is_never_exceeded_with_two_worker_processes_and_failover(
     _write_config(config, cfg, sandbox)
     env = {**os.environ, "TEST_SECRET": "sandbox-secret"}
     cmd = [sys.executable, "-m", "smsbridge.cli", "--config", str(cfg), "worker", "outbound"]
+
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
