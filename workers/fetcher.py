@@ -74,6 +74,9 @@ _DENIED: Final[tuple[IPNetwork, ...]] = tuple(
 )
 
 
+_GENERIC_TYPES = frozenset({"binary/octet-stream", "application/octet-stream"})
+
+
 class FetchError(Exception):
     """A download failed. ``transient`` tells the caller whether a later retry may succeed."""
 
@@ -343,11 +346,10 @@ class MediaFetcher:
                     url = self._redirect_target(url, resp.headers.get(aiohttp.hdrs.LOCATION))
                     continue
                 self._check_status(resp)
-                content_type = (
-                    clean_content_type(resp.headers.get(aiohttp.hdrs.CONTENT_TYPE))
-                    or clean_content_type(declared_type)
-                    or DEFAULT_CONTENT_TYPE
-                )
+                served = clean_content_type(resp.headers.get(aiohttp.hdrs.CONTENT_TYPE))
+                if served in _GENERIC_TYPES:
+                    served = None  # S3 often says binary/octet-stream: Flowroute knows better
+                content_type = served or clean_content_type(declared_type) or DEFAULT_CONTENT_TYPE
                 return await self._read_body(resp, content_type)
         raise FetchError(f"too many redirects (over {self._policy.max_redirects})", transient=False)
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import orjson
@@ -234,13 +234,10 @@ class OutboundWorker:
             job = self.plan(request)
         except orjson.JSONDecodeError:
             await self._fail(request_id, "invalid request: body is not JSON", 0)
-            raise AssertionError("unreachable") from None
         except ValidationError as exc:
             await self._fail(request_id, f"invalid request: {_validation_reason(exc)}", 0)
-            raise AssertionError("unreachable") from None
         except Invalid as exc:
             await self._fail(request_id, f"invalid request: {exc}", 0)
-            raise AssertionError("unreachable") from None
         headers = {topology.H_FIRST_SEEN: _now_ms(), topology.H_ATTEMPTS: 0}
         queued = topology.json_message(
             orjson.dumps(job),
@@ -313,9 +310,14 @@ class OutboundWorker:
             payload_args = (job["to"], job["from"], job.get("body"), list(job["media_urls"]))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise Park(f"unreadable send job: {exc}") from None
+        if self.sent.pending(request_id) is not None:
+            return "duplicate"  # the same id is being sent right now
         provider_id = self.sent.value(request_id)
-        if provider_id is not None or self.sent.pending(request_id) is not None:
-            return "duplicate"  # redelivered after it was sent: never send twice
+        if provider_id is not None:
+            # Sent before (a redelivery, or the PBX published the id twice): never send
+            # again, but make sure its status.sent was published (at least once).
+            await publish_status(self.broker, request_id, "sent", provider_id=provider_id)
+            return "duplicate"
         attempts = int(_header(message, topology.H_ATTEMPTS, 0))
         first_seen = _header(message, topology.H_FIRST_SEEN, _now_ms()) / 1000
         dlr = None
@@ -421,7 +423,7 @@ class OutboundWorker:
         SEND_RETRIES.labels(message.routing_key or "", "delayed").inc()
         log.warning("send failed, retrying later", reason=exc.reason, retry_in=delay)
 
-    async def _fail(self, request_id: str, reason: str, attempts: int) -> None:
+    async def _fail(self, request_id: str, reason: str, attempts: int) -> NoReturn:
         """Publish status.failed (confirmed), then park the message with the same reason."""
         await publish_status(self.broker, request_id, "failed", reason=reason, attempts=attempts)
         raise Park(reason)
