@@ -68,6 +68,8 @@ class Broker:
         while True:
             try:
                 await self._connect()
+                for callback in self._on_connect:  # e.g. start consuming
+                    await callback()
                 break
             except asyncio.CancelledError:
                 raise
@@ -81,8 +83,6 @@ class Broker:
                 await self._close_connections()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        for callback in self._on_connect:
-            await callback()
         self._connected.set()
         log.info("broker connected", broker=mask_url(self._url), component=self.name)
 

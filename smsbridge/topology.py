@@ -11,6 +11,7 @@ first. Public names (CONTRACT §1) are fixed; the rest is internal.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,14 @@ async def declare(channel: AbstractChannel) -> Topology:
     return topo
 
 
+def amqp_message_id(text: str) -> str:
+    """AMQP's message_id holds 255 bytes; ids are up to 128 *characters* (512 UTF-8 bytes).
+    An id that does not fit is carried as its digest; the full id is always in the body."""
+    if len(text.encode("utf-8", "surrogatepass")) <= 255:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def json_message(
     body: bytes,
     *,
@@ -133,7 +142,7 @@ def json_message(
         body,
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message_id,
+        message_id=amqp_message_id(message_id),
         type=type_,
         headers=headers,
         expiration=expiration,
@@ -144,7 +153,8 @@ def json_message(
 H_FIRST_SEEN = "x-smsbridge-first-seen"  # epoch milliseconds the request entered the bridge
 H_ATTEMPTS = "x-smsbridge-attempts"  # send attempts made so far
 H_RETRIES = "x-smsbridge-retries"  # broker retry rounds so far
-H_RETRY_TIER = "x-smsbridge-retry-tier"
+# Not "x-" prefixed: a headers exchange ignores x- headers when matching with x-match=all.
+H_RETRY_TIER = "smsbridge-retry-tier"
 
 
 def account_queue(account: str) -> str:

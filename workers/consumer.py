@@ -103,7 +103,9 @@ class Consumer:
             on_open = self._on_open
             on_open()
             self._channel.reopen_callbacks.add(lambda *_: on_open())  # type: ignore[attr-defined]
-        self._queue = await self._channel.get_queue(self.queue_name, ensure=False)
+        # A declared (not merely looked-up) queue is what the robust channel restores, with
+        # its consumer, after a reconnect.
+        self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
         self._tag = await self._queue.consume(self._on_message, arguments=arguments)
         log.info("consuming", queue=self.queue_name, prefetch=self.prefetch)
 
