@@ -142,6 +142,13 @@ class Broker:
         await channel.set_qos(prefetch_count=prefetch)  # per consumer; never global on quorum
         return channel
 
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (polling) until the publishing side is usable again, at most `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and time.monotonic() < deadline:  # noqa: ASYNC110 - no event to await
+            await asyncio.sleep(0.25)
+        return self.ready
+
     async def queue_depth(self, name: str) -> int:
         """Messages ready in a queue (a passive declare on a short-lived channel)."""
         if self._pub_conn is None:

@@ -55,10 +55,9 @@ class GatewayConfig(_Section):
     allow_ips: list[str] = Field(default_factory=list)
     trusted_proxies: list[str] = Field(default_factory=list)
     dlr_path: str = "flowroute/dlr"
-    dlr_secret: SecretStr | None = None
+    dlr_secret: SecretStr | None = Field(default=None, min_length=16)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     dedupe_seconds: float = Field(default=600.0, ge=0)
-    quarantine_max: int = Field(default=10_000, ge=1)
 
     @field_validator("listen")
     @classmethod
@@ -97,6 +96,14 @@ class GatewayConfig(_Section):
         return value
 
     @property
+    def base_url(self) -> str:
+        """How others reach the gateway: public_url, else the listen address."""
+        if self.public_url:
+            return self.public_url
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0].strip("[]")
 
@@ -110,6 +117,8 @@ class MediaConfig(_Section):
     max_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
     retention_days: float = Field(default=30.0, gt=0)
     fetch_timeout: float = Field(default=30.0, gt=0)
+    allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
+    allow_any_port: bool = Field(default=False, description="opt-in (the demo and tests)")
     allow_networks: list[str] = Field(
         default_factory=list,
         description="Non-global networks media may be fetched from (opt-in; tests use 127.0.0.1)",
@@ -127,7 +136,9 @@ class InboundConfig(_Section):
 
 class OutboundConfig(_Section):
     default_region: str = "US"
-    retry_delays: list[float] = Field(default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0])
+    retry_delays: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0], min_length=1
+    )
     max_age_seconds: float = Field(default=6 * 3600.0, gt=0)
     request_timeout: float = Field(default=15.0, gt=0)
     in_process_attempts: int = Field(default=3, ge=1, le=10)
@@ -135,6 +146,13 @@ class OutboundConfig(_Section):
     sent_ids_seconds: float = Field(
         default=86400.0, ge=0, description="remember sent ids this long"
     )
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("every retry delay must be positive (seconds)")
+        return values
 
 
 class LoggingConfig(_Section):
@@ -208,6 +226,12 @@ class Config(_Section):
         names = [p.name for p in self.providers]
         for name in {n for n in names if names.count(n) > 1}:
             problems.append(f"providers: duplicate name {name!r}")
+        keys = [p.access_key.get_secret_value() for p in self.providers]
+        if len(set(keys)) != len(keys):
+            problems.append(
+                "providers: two providers share one access key (Flowroute limits per key: "
+                "declare the account once)"
+            )
         seen: dict[str, int] = {}
         dlr_root = self.gateway.dlr_path.split("/")[0]
         if dlr_root in RESERVED_PATHS:

@@ -13,6 +13,7 @@ dlr_secret = "demo-only-dlr-secret-change-me"
 [media]
 dir = "var/media"
 allow_networks = ["127.0.0.1/32"]
+allow_any_port = true
 
 [[providers]]
 name = "sandbox"

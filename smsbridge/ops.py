@@ -92,6 +92,30 @@ def _parked_view(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any
     }
 
 
+_STAGE_ENTRY = {
+    "inbound": (topology.INTERNAL, topology.INBOUND_KEY),
+    "media": (topology.INTERNAL, topology.MEDIA_KEY),
+    "outbound": (topology.OUTBOUND, topology.SEND_KEY),
+}
+
+
+def _requeue_target(stage: str, message: aio_pika.abc.AbstractIncomingMessage) -> tuple[str, str]:
+    """Where a parked message first entered: our own headers when a worker parked it, the
+    broker's x-death record when the broker dead-lettered it, else the stage's entry."""
+    headers = message.headers or {}
+    exchange, key = headers.get(topology.H_ORIGINAL_EXCHANGE), headers.get(topology.H_ORIGINAL_KEY)
+    if isinstance(exchange, str) and exchange and isinstance(key, str) and key:
+        return exchange, key
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        death = deaths[0]
+        keys = death.get("routing-keys")
+        exchange = death.get("exchange")
+        if isinstance(exchange, str) and exchange and isinstance(keys, list) and keys:
+            return exchange, str(keys[0])
+    return _STAGE_ENTRY[stage]
+
+
 async def parked(
     url: str, stage: str, *, requeue: bool, ids: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -121,8 +145,7 @@ async def parked(
             shown.append(view)
             if not requeue:
                 continue
-            exchange = str(view["original_exchange"] or topology.OUTBOUND)
-            key = str(view["original_routing_key"] or topology.SEND_KEY)
+            exchange, key = _requeue_target(stage, message)
             headers = {
                 k: v
                 for k, v in (message.headers or {}).items()

@@ -69,12 +69,13 @@ publish_timeout = 2.0
 [gateway]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
-dlr_secret = "test-dlr-secret"
+dlr_secret = "test-dlr-secret-0123456789"
 {extra_gateway}
 
 [media]
 dir = "{media_dir}"
 allow_networks = ["127.0.0.1/32"]
+allow_any_port = true
 {extra_media}
 
 [outbound]

@@ -31,7 +31,7 @@ SECRETS = {
     "FAULT_AMQP_URL": "",  # set per test (the vhost's URL carries the broker password)
     "FAULT_ACCESS_KEY": "sandbox-access",
     "FAULT_SECRET_KEY": "sandbox-secret",
-    "FAULT_DLR_SECRET": "fault-dlr-secret",
+    "FAULT_DLR_SECRET": "fault-dlr-secret-0123456789",
 }
 ROOT = Path(__file__).resolve().parent.parent
 

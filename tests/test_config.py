@@ -408,3 +408,34 @@ def test_config_check_bad_file_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert result.stdout == ""
     for secret in SECRETS:
         assert secret not in result.stdout + result.stderr
+
+
+# --- operator mistakes found in review ----------------------------------------------------
+
+
+def test_short_dlr_secret_is_rejected() -> None:
+    message = config_error('[gateway]\ndlr_secret = ""\n' + PROVIDER)
+    assert "gateway.dlr_secret" in message
+
+
+@pytest.mark.parametrize("delays", ["[]", "[5, -1]", "[0]"])
+def test_bad_retry_delays_are_rejected(delays: str) -> None:
+    message = config_error(f"[outbound]\nretry_delays = {delays}\n" + PROVIDER)
+    assert "outbound.retry_delays" in message
+
+
+def test_two_providers_with_one_access_key_are_rejected() -> None:
+    second = PROVIDER.replace('name = "flowroute"', 'name = "again"')
+    message = config_error(PROVIDER + second)
+    assert "share one access key" in message
+
+
+def test_media_ports_default_to_http_and_https() -> None:
+    config = parse_config(PROVIDER, env=ENV)
+    assert config.media.allowed_ports == [80, 443]
+    assert config.media.allow_any_port is False
+
+
+def test_gateway_base_url_without_public_url_is_reachable() -> None:
+    config = parse_config('[gateway]\nlisten = "0.0.0.0:8081"\n' + PROVIDER, env=ENV)
+    assert config.gateway.base_url == "http://127.0.0.1:8081"

@@ -236,7 +236,9 @@ async def test_redelivered_request_is_not_sent_twice(config: Config, sandbox: Sa
 
 async def test_forged_or_missing_receipt_token_is_refused(config: Config) -> None:
     amqp = config.broker.url.get_secret_value()
-    good = receipt_token.sign(b"test-dlr-secret", receipt_token.ReceiptRef("r1", "flowroute", 1))
+    good = receipt_token.sign(
+        b"test-dlr-secret-0123456789", receipt_token.ReceiptRef("r1", "flowroute", 1)
+    )
     forged = receipt_token.sign(b"guessed-secret", receipt_token.ReceiptRef("r1", "flowroute", 1))
     payload, mac = good.split(".")
     altered = receipt_token.sign(b"x", receipt_token.ReceiptRef("r2", "flowroute", 1)).split(".")[0]
@@ -265,7 +267,9 @@ async def test_forged_or_missing_receipt_token_is_refused(config: Config) -> Non
 
 async def test_compact_undelivered_receipt(config: Config) -> None:
     amqp = config.broker.url.get_secret_value()
-    token = receipt_token.sign(b"test-dlr-secret", receipt_token.ReceiptRef("r9", "flowroute", 2))
+    token = receipt_token.sign(
+        b"test-dlr-secret-0123456789", receipt_token.ReceiptRef("r9", "flowroute", 2)
+    )
     body = {
         "type": "delivery_receipt",
         "id": "mdr2-1",
@@ -308,7 +312,7 @@ url = "{config.broker.url.get_secret_value()}"
 [gateway]
 listen = "{gw.listen}"
 public_url = "{gw.public_url}"
-dlr_secret = "test-dlr-secret"
+dlr_secret = "test-dlr-secret-0123456789"
 [media]
 dir = "{config.media.dir}"
 [logging]

@@ -329,3 +329,9 @@ def test_malformed_data_is_a_webhook_error(data: Any) -> None:
 def test_webhook_error_is_not_not_json() -> None:
     assert not issubclass(WebhookError, NotJson)
     assert not issubclass(NotJson, WebhookError)
+
+
+def test_timestamp_that_overflows_in_utc_is_none() -> None:
+    from smsbridge.flowroute.webhook import parse_timestamp
+
+    assert parse_timestamp("0001-01-01T00:00:00+01:00") is None

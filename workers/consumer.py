@@ -25,6 +25,8 @@ from smsbridge.metrics import MESSAGES_HANDLED
 
 log = get_logger(__name__)
 
+REQUEUE_WAIT_SECONDS = 60.0
+
 Handler = Callable[[AbstractIncomingMessage], Awaitable[str | None]]
 
 
@@ -34,7 +36,10 @@ class DeliveryLost(Exception):
 
 
 def channel_open(message: AbstractIncomingMessage) -> bool:
-    return not message.channel.is_closed
+    try:
+        return not message.channel.is_closed
+    except RuntimeError:  # aio-pika raises ChannelInvalidStateError for a closed channel
+        return False
 
 
 class Park(Exception):
@@ -83,6 +88,7 @@ class Consumer:
         *,
         prefetch: int,
         on_open: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.queue_name = queue
@@ -95,6 +101,7 @@ class Consumer:
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._on_open = on_open
+        self._on_stop = on_stop
 
     async def start(self, arguments: dict[str, Any] | None = None) -> None:
         self._channel = await self.broker.consumer_channel(self.prefetch)
@@ -111,6 +118,8 @@ class Consumer:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking deliveries, let those in flight finish, close the channel."""
+        if self._on_stop is not None:
+            self._on_stop()
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
@@ -143,12 +152,16 @@ class Consumer:
             await self._park(message, exc.reason)
             return
         except DeliveryLost:
-            log.info("channel lost mid-delivery; the broker redelivers it")
+            log.info("delivery given back; the broker redelivers it")
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
             return
         except PublishFailed as exc:
             log.warning("publish failed, message requeued", error=str(exc))
             MESSAGES_HANDLED.labels(self.worker, "requeued").inc()
-            await asyncio.sleep(1.0)  # no hot loop while the broker is in trouble
+            # Hold the delivery until the broker is back (each requeue counts towards the
+            # queue's delivery limit, so no quick loop that would dead-letter healthy messages).
+            await self.broker.wait_ready(REQUEUE_WAIT_SECONDS)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
             return

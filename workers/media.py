@@ -39,10 +39,14 @@ class MediaWorker:
                 max_bytes=config.media.max_bytes,
                 total_timeout=config.media.fetch_timeout,
                 allow_networks=tuple(config.media.allow_networks),
+                allowed_ports=(
+                    None if config.media.allow_any_port else frozenset(config.media.allowed_ports)
+                ),
             ),
         )
-        base = config.gateway.public_url or f"http://{config.gateway.listen}"
-        self.media_base = f"{base}/media/"
+        if config.gateway.public_url is None:
+            log.warning("gateway.public_url is not set: media URLs use the listen address")
+        self.media_base = f"{config.gateway.base_url}/media/"
         self._purger: asyncio.Task[None] | None = None
         self._confirm = PUBLISH_CONFIRM_SECONDS.labels("media")
 

@@ -55,7 +55,7 @@ from workers.ratelimit import SlidingWindowLimiter
 log = get_logger(__name__)
 
 MMS_MAX_BYTES = 767_840  # Flowroute's limit for all media of one MMS, text included
-HOLD_BACKOFF_MAX = 60.0
+HOLD_BACKOFF_MAX = 60.0  # seconds between key probes, at most
 
 
 class Invalid(Exception):
@@ -64,7 +64,11 @@ class Invalid(Exception):
 
 @dataclass
 class Account:
-    """One provider account (one access key): its client, its pace, and its hold state."""
+    """One provider account (one access key): its client, its pace, and its hold state.
+
+    While held (401/403), no message is sent: deliveries wait, unacked, and one background
+    probe checks the keys with growing backoff, without sending anything, until they work.
+    """
 
     provider: ProviderConfig
     client: FlowrouteClient
@@ -72,11 +76,9 @@ class Account:
     mms: SlidingWindowLimiter
     released: asyncio.Event = field(default_factory=asyncio.Event)
     held: bool = False
-    backoff: float = 1.0
+    draining: bool = False  # shutting down: give deliveries back instead of sending them
     fresh: bool = True  # no delivery yet since our consumer (re)opened
-
-    def opened(self) -> None:
-        self.fresh = True
+    _prober: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.released.set()
@@ -85,8 +87,15 @@ class Account:
     def name(self) -> str:
         return self.provider.name
 
+    def opened(self) -> None:
+        self.fresh = True
+
+    def drain(self) -> None:
+        self.draining = True
+        self.released.set()  # wake the waiters so they give their deliveries back
+
     async def attempt(
-        self, payload: dict[str, Any], is_mms: bool, probe: bool, delivery: AbstractIncomingMessage
+        self, payload: dict[str, Any], is_mms: bool, delivery: AbstractIncomingMessage
     ) -> Sent:
         if self.fresh:
             # The first delivery after (re)opening may mean we just became the account's
@@ -98,13 +107,14 @@ class Account:
         while True:
             await limiter.acquire()
             # Checked after the (possibly long) wait for a slot: the account may have been
-            # held meanwhile, and then only the probe may go.
-            if probe or self.released.is_set():
+            # held meanwhile.
+            if self.released.is_set():
                 break
             await self.released.wait()
-        if not channel_open(delivery):
-            # Our channel closed while we waited: the broker has handed this request to
-            # another replica. Sending it here too would duplicate it and break the limit.
+        if self.draining or not channel_open(delivery):
+            # Shutting down, or our channel closed while we waited: the broker hands this
+            # request to another replica. Sending it here too would duplicate it and break
+            # the account's limit.
             raise DeliveryLost()
         started = time.perf_counter()
         try:
@@ -117,10 +127,9 @@ class Account:
         SENDS.labels(self.name, "sent").inc()
         return sent
 
-    def hold(self, exc: AuthFailure) -> bool:
-        """Hold the account; True for the caller that becomes its (only) prober."""
+    def hold(self, exc: AuthFailure) -> None:
         if self.held:
-            return False
+            return
         self.held = True
         self.released.clear()
         ACCOUNT_HELD.labels(self.name).set(1)
@@ -129,19 +138,39 @@ class Account:
             account=self.name,
             reason=exc.reason,
         )
-        return True
+        self._prober = asyncio.create_task(self._probe(), name=f"probe-{self.name}")
 
-    def next_backoff(self) -> float:
-        delay, self.backoff = self.backoff, min(self.backoff * 2, HOLD_BACKOFF_MAX)
-        return delay
+    async def _probe(self) -> None:
+        delay = 1.0
+        while self.held:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, HOLD_BACKOFF_MAX)
+            try:
+                await self.client.check_auth()
+            except AuthFailure as exc:
+                log.error(
+                    "provider account still refuses our keys; sending held",
+                    account=self.name,
+                    reason=exc.reason,
+                    retry_in=delay,
+                )
+                continue
+            except Exception as exc:  # not a refusal of the keys: let sending find out
+                log.warning("key probe inconclusive; resuming", account=self.name, error=str(exc))
+            self.release()
 
     def release(self) -> None:
         if self.held:
             log.warning("provider account keys work again; sending resumed", account=self.name)
         self.held = False
-        self.backoff = 1.0
         ACCOUNT_HELD.labels(self.name).set(0)
         self.released.set()
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
 
 
 def _outcome(exc: Exception) -> str:
@@ -170,6 +199,8 @@ class OutboundWorker:
         self._depth_task: asyncio.Task[None] | None = None
         gw = config.gateway
         self._dlr_base = f"{gw.public_url}/{gw.dlr_path}/" if gw.public_url else None
+        if gw.dlr_secret is not None and gw.public_url is None:
+            log.warning("gateway.dlr_secret is set but public_url is not: no receipts requested")
         self._dlr_secret = gw.dlr_secret.get_secret_value().encode() if gw.dlr_secret else None
         self._media_prefix = f"{gw.public_url}/media/" if gw.public_url else None
         broker.declare_also(self._declare)
@@ -199,6 +230,8 @@ class OutboundWorker:
             self._depth_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._depth_task
+        for account in self.accounts.values():
+            await account.close()
         if self._session is not None:
             await self._session.close()
 
@@ -218,6 +251,7 @@ class OutboundWorker:
                 self._sender(account),
                 prefetch=self.settings.concurrency,
                 on_open=account.opened,
+                on_stop=account.drain,
             )
             for name, account in self.accounts.items()
         ]
@@ -312,11 +346,19 @@ class OutboundWorker:
             raise Park(f"unreadable send job: {exc}") from None
         if self.sent.pending(request_id) is not None:
             return "duplicate"  # the same id is being sent right now
-        provider_id = self.sent.value(request_id)
-        if provider_id is not None:
+        record = self.sent.value(request_id)
+        if record is not None:
             # Sent before (a redelivery, or the PBX published the id twice): never send
-            # again, but make sure its status.sent was published (at least once).
-            await publish_status(self.broker, request_id, "sent", provider_id=provider_id)
+            # again, but make sure its status.sent was published (at least once; the same
+            # event, message_id included, so the PBX can dedupe it).
+            provider_id, _, sent_attempts = record.partition(" ")
+            await publish_status(
+                self.broker,
+                request_id,
+                "sent",
+                provider_id=provider_id,
+                attempts=int(sent_attempts or 0),
+            )
             return "duplicate"
         attempts = int(_header(message, topology.H_ATTEMPTS, 0))
         first_seen = _header(message, topology.H_FIRST_SEEN, _now_ms()) / 1000
@@ -342,7 +384,7 @@ class OutboundWorker:
             assert sent is not None
             # Remember before publishing: a redelivery must not send again even if the
             # status publish fails (it is retried from the `sent` record instead).
-            self.sent.finish(request_id, True, sent.provider_id)
+            self.sent.finish(request_id, True, f"{sent.provider_id} {attempts}")
             await publish_status(
                 self.broker, request_id, "sent", provider_id=sent.provider_id, attempts=attempts
             )
@@ -359,7 +401,6 @@ class OutboundWorker:
         attempts: int,
         delivery: AbstractIncomingMessage,
     ) -> tuple[Sent, int]:
-        probe = False
         while True:
             try:
                 async for attempt in AsyncRetrying(  # a new one per call: not shareable
@@ -371,21 +412,10 @@ class OutboundWorker:
                 ):
                     with attempt:
                         attempts += 1
-                        sent = await account.attempt(payload, is_mms, probe, delivery)
-                if probe:
-                    account.release()
+                        sent = await account.attempt(payload, is_mms, delivery)
                 return sent, attempts
             except AuthFailure as exc:
-                if account.hold(exc) or probe:
-                    probe = True
-                    delay = account.next_backoff()
-                    log.error("account held: probing again", account=account.name, retry_in=delay)
-                    await asyncio.sleep(delay)
-                continue
-            except BaseException:
-                if probe:
-                    account.release()  # the keys answered something other than 401/403
-                raise
+                account.hold(exc)  # then wait, unacked, until the keys work again
 
     async def _retry_later(
         self,

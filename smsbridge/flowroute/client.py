@@ -112,6 +112,20 @@ class FlowrouteClient:
     def __repr__(self) -> str:  # never show the credentials
         return f"FlowrouteClient({self.url!r})"
 
+    async def check_auth(self) -> None:
+        """Are the keys accepted? Lists one message record (another endpoint than sending, so
+        it never sends anything nor counts against the send rate). Raises AuthFailure."""
+        try:
+            async with self.session.get(
+                self.url, params={"limit": "1"}, headers=self._headers
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Transient(f"key probe failed: {type(exc).__name__}") from None
+        if status in (401, 403):
+            raise AuthFailure(error_detail(status, raw), status)
+
     async def send(self, payload: dict[str, Any]) -> Sent:
         try:
             async with self.session.post(

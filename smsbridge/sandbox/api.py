@@ -322,6 +322,7 @@ class FlowrouteApi:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v2.2/messages", self.post_message)
+        app.router.add_get("/v2.2/messages", self.list_messages)
         app.router.add_get("/v2.2/messages/{id}", self.get_message)
 
     def _authenticate(self, request: web.Request) -> AccountSpec | None:
@@ -511,6 +512,19 @@ class FlowrouteApi:
         if port == self.port and (split.hostname in _LOOPBACK or split.hostname == self.host):
             return self.media.size_for_path(split.path, split.query)
         return None
+
+    async def list_messages(self, request: web.Request) -> web.StreamResponse:
+        """Flowroute's message list (the bridge probes held keys with ``?limit=1``)."""
+        account = self._authenticate(request)
+        if account is None:
+            return _error_response(401, "Invalid credentials", "Unauthorized")
+        try:
+            limit = max(0, min(int(request.query.get("limit", "10")), 200))
+        except ValueError:
+            return _error_response(400, "limit must be an integer", "Bad Request")
+        own = [m for m in self.messages if m.account == account.access_key][-limit:]
+        data = [{"type": "message", "id": m.id} for m in own] if limit else []
+        return web.json_response({"data": data, "links": {}})
 
     async def get_message(self, request: web.Request) -> web.StreamResponse:
         account = self._authenticate(request)
