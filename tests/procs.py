@@ -65,6 +65,7 @@ dlr_secret = "${{FAULT_DLR_SECRET}}"
 [media]
 dir = "{media_dir}"
 allow_networks = ["127.0.0.1/32"]
+allow_any_port = true
 fetch_timeout = 10
 
 [outbound]
