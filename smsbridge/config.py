@@ -143,6 +143,13 @@ class OutboundConfig(_Section):
     request_timeout: float = Field(default=15.0, gt=0)
     in_process_attempts: int = Field(default=3, ge=1, le=10)
     concurrency: int = Field(default=256, ge=1, le=5000, description="sends in flight per account")
+    rate_margin: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="seconds added to each account's rate window: event-loop lag and network "
+        "jitter must not push a sixth attempt into one of Flowroute's seconds",
+    )
     sent_ids_seconds: float = Field(
         default=86400.0, ge=0, description="remember sent ids this long"
     )

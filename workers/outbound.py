@@ -220,8 +220,8 @@ class OutboundWorker:
             self.accounts[provider.name] = Account(
                 provider,
                 FlowrouteClient(self._session, provider),
-                SlidingWindowLimiter(provider.sms_per_second),
-                SlidingWindowLimiter(provider.mms_per_second),
+                SlidingWindowLimiter(provider.sms_per_second, self.settings.rate_margin),
+                SlidingWindowLimiter(provider.mms_per_second, self.settings.rate_margin),
             )
         self._depth_task = asyncio.create_task(self._watch_depth(), name="outbound-depth")
 
