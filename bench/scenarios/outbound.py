@@ -270,8 +270,8 @@ async def accounts(ctx: Context) -> None:
     table.notes.append(f"target 0 sandbox 429s: {verdict} ({limited})")
     table.notes.append(
         f"achieved = (sends - first window) / (last send - first send) per account, from the "
-        f"status.sent arrival times; the limiter allows {ACCOUNT_LIMIT} per 1.05 s "
-        f"(= {ACCOUNT_LIMIT / 1.05:.2f}/s: 1 s window + 50 ms margin)"
+        f"status.sent arrival times; the limiter allows {ACCOUNT_LIMIT} per 1.15 s "
+        f"(= {ACCOUNT_LIMIT / 1.15:.2f}/s: 1 s window + outbound.rate_margin 0.15 s)"
     )
     table.notes.append(
         f"{ACCOUNT_COUNTS[-1]} accounts: the same pacing with a demand one worker process can "
