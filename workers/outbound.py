@@ -375,11 +375,9 @@ class OutboundWorker:
             try:
                 sent, attempts = await self._deliver(account, payload, is_mms, attempts, message)
             except Permanent as exc:
-                attempts += 1
-                await self._fail(request_id, f"Flowroute refused: {exc.reason}", attempts)
+                await self._fail(request_id, f"Flowroute refused: {exc.reason}", exc.attempts)
             except Transient as exc:
-                attempts += self.settings.in_process_attempts
-                await self._retry_later(message, request_id, exc, attempts, first_seen)
+                await self._retry_later(message, request_id, exc, exc.attempts, first_seen)
                 return "retry"
             assert sent is not None
             # Remember before publishing: a redelivery must not send again even if the
@@ -416,6 +414,9 @@ class OutboundWorker:
                 return sent, attempts
             except AuthFailure as exc:
                 account.hold(exc)  # then wait, unacked, until the keys work again
+            except (Permanent, Transient) as exc:
+                exc.attempts = attempts
+                raise
 
     async def _retry_later(
         self,

@@ -36,6 +36,7 @@ class SendError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.attempts = 0  # filled in by the sender: attempts made when it gave up
 
 
 class Transient(SendError):
