@@ -158,12 +158,7 @@ class Consumer:
             return
         except PublishFailed as exc:
             log.warning("publish failed, message requeued", error=str(exc))
-            MESSAGES_HANDLED.labels(self.worker, "requeued").inc()
-            # Hold the delivery until the broker is back (each requeue counts towards the
-            # queue's delivery limit, so no quick loop that would dead-letter healthy messages).
-            await self.broker.wait_ready(REQUEUE_WAIT_SECONDS)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+            await self._requeue(message)
             return
         except asyncio.CancelledError:
             raise
@@ -179,12 +174,20 @@ class Consumer:
             await park(self.broker, self.stage, message, reason)
         except PublishFailed as exc:
             log.warning("could not park, message requeued", reason=reason, error=str(exc))
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+            await self._requeue(message)
             return
         log.warning("message parked", reason=reason, parked_in=topology.parked_queue(self.stage))
         MESSAGES_HANDLED.labels(self.worker, "parked").inc()
         await self._ack(message)
+
+    async def _requeue(self, message: AbstractIncomingMessage) -> None:
+        """Give a delivery back once the broker can take our output again: each requeue counts
+        towards the queue's delivery limit, so no quick loop that would dead-letter healthy
+        messages while the broker is away."""
+        MESSAGES_HANDLED.labels(self.worker, "requeued").inc()
+        await self.broker.wait_ready(REQUEUE_WAIT_SECONDS)
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
 
     async def _ack(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -426,11 +426,11 @@ class OutboundWorker:
         attempts: int,
         first_seen: float,
     ) -> None:
-        delays = self.settings.retry_delays
+        delays = self.settings.retry_delays  # never empty: the configuration requires one
         rounds = int(_header(message, topology.H_RETRIES, 0))
         delay = delays[min(rounds, len(delays) - 1)]
         age = time.time() - first_seen
-        if not delays or age + delay > self.settings.max_age_seconds:
+        if age + delay > self.settings.max_age_seconds:
             await self._fail(
                 request_id,
                 f"gave up after {attempts} attempts over {age:.0f} s: {exc.reason}",
