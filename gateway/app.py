@@ -43,7 +43,7 @@ def build_app(config: Config, broker: Broker | None = None) -> web.Application:
     app = web.Application(client_max_size=config.gateway.max_body_bytes)
     app[CONFIG] = config
     app[BROKER] = broker or Broker(
-        config.broker.url.get_secret_value(),
+        config.broker.addresses(),
         "gateway",
         publish_timeout=config.broker.publish_timeout,
     )

@@ -2,6 +2,7 @@
 
 The first connect is retried forever in the background so a component can start before the
 broker; afterwards aio-pika's robust connection reconnects and restores channels/consumers.
+With several broker URLs (a cluster), every connect and reconnect tries the nodes in turn.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -18,7 +19,10 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.robust_connection import RobustConnection
 from pamqp.commands import Basic
+from yarl import URL
 
 from smsbridge import topology
 from smsbridge.config import mask_url
@@ -31,9 +35,50 @@ class PublishFailed(Exception):
     """The broker did not confirm the message as stored and routed: treat it as not stored."""
 
 
+class NodeRotation(RobustConnection):
+    """A robust connection to one of several cluster nodes: every connect and reconnect tries
+    the nodes in turn, starting after the one used last (which may just have died)."""
+
+    def __init__(self, nodes: Sequence[str], **kwargs: Any) -> None:
+        self.nodes = [URL(n) for n in nodes]
+        self._next = 0
+        super().__init__(self.nodes[0], **kwargs)
+
+    # RobustConnection's reconnect loop calls its private __connect_transport on every attempt.
+    async def _RobustConnection__connect_transport(self) -> None:
+        attempt = getattr(RobustConnection, "_RobustConnection__connect_transport")
+        error: BaseException | None = None
+        for step in range(len(self.nodes)):
+            index = (self._next + step) % len(self.nodes)
+            self.url = self.nodes[index]
+            try:
+                await attempt(self)
+            except CONNECTION_EXCEPTIONS as exc:
+                error = exc
+                continue
+            self._next = (index + 1) % len(self.nodes)
+            return
+        assert error is not None
+        raise error
+
+
+async def connect(
+    urls: str | Sequence[str], name: str, timeout: float = 5.0
+) -> AbstractRobustConnection:
+    """A robust connection to the first node of `urls` that answers."""
+    nodes = [urls] if isinstance(urls, str) else list(urls)
+    connection = NodeRotation(
+        nodes, client_properties={"connection_name": name}, reconnect_interval=1.0
+    )
+    await connection.connect(timeout=timeout)
+    return connection
+
+
 class Broker:
-    def __init__(self, url: str, name: str, *, publish_timeout: float = 2.0) -> None:
-        self._url = url
+    def __init__(
+        self, urls: str | Sequence[str], name: str, *, publish_timeout: float = 2.0
+    ) -> None:
+        self._urls = [urls] if isinstance(urls, str) else list(urls)
         self.name = name
         self.publish_timeout = publish_timeout
         self._pub_conn: AbstractRobustConnection | None = None
@@ -76,7 +121,7 @@ class Broker:
             except Exception as exc:
                 log.warning(
                     "broker connect failed",
-                    broker=mask_url(self._url),
+                    broker=self._masked(),
                     error=str(exc),
                     retry_in=delay,
                 )
@@ -84,13 +129,13 @@ class Broker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._connected.set()
-        log.info("broker connected", broker=mask_url(self._url), component=self.name)
+        log.info("broker connected", broker=self._masked(), component=self.name)
+
+    def _masked(self) -> str:
+        return ", ".join(mask_url(u) for u in self._urls)
 
     async def _connect(self) -> None:
-        props: dict[str, Any] = {"connection_name": f"smsbridge-{self.name}-pub"}
-        self._pub_conn = await aio_pika.connect_robust(
-            self._url, client_properties=props, timeout=5
-        )
+        self._pub_conn = await connect(self._urls, f"smsbridge-{self.name}-pub")
         # Returned (unroutable) messages come back as a Basic.Return result, checked below.
         self._pub_channel = await self._pub_conn.channel(
             publisher_confirms=True, on_return_raises=False
@@ -134,10 +179,7 @@ class Broker:
         """A channel on the consuming connection, opened on first use: flow control on the
         publishing connection must not stall acks."""
         if self._sub_conn is None:
-            props: dict[str, Any] = {"connection_name": f"smsbridge-{self.name}-sub"}
-            self._sub_conn = await aio_pika.connect_robust(
-                self._url, client_properties=props, timeout=5
-            )
+            self._sub_conn = await connect(self._urls, f"smsbridge-{self.name}-sub")
         channel = await self._sub_conn.channel()
         await channel.set_qos(prefetch_count=prefetch)  # per consumer; never global on quorum
         return channel

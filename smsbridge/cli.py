@@ -49,7 +49,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from smsbridge.ops import tail
 
     config = _config(args, tool=True)
-    url = config.broker.url.get_secret_value()
+    url = config.broker.addresses()
     return asyncio.run(tail(url, args.pattern, count=args.count, timeout=args.timeout))
 
 
@@ -65,7 +65,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             request[key] = value
     if args.media:
         request["media_urls"] = args.media
-    asyncio.run(send(config.broker.url.get_secret_value(), request))
+    asyncio.run(send(config.broker.addresses(), request))
     print(request["id"])
     return 0
 
@@ -77,7 +77,7 @@ def cmd_parked(args: argparse.Namespace) -> int:
     ids = set(args.id) if args.id else None
     shown = asyncio.run(
         parked(
-            config.broker.url.get_secret_value(),
+            config.broker.addresses(),
             args.stage,
             requeue=args.action == "requeue",
             ids=ids,

@@ -1,4 +1,4 @@
-"""The TOML configuration (CONTRACT §3): loaded, resolved and validated once at start.
+"""The TOML configuration: loaded, resolved and validated once at start.
 
 Secrets are referenced as `${ENV_VAR}`, kept as `SecretStr`, and printed masked.
 Errors name the field and the problem, e.g. `numbers[0].number: not E.164: '555'`.
@@ -40,13 +40,41 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
 class BrokerConfig(_Section):
-    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    url: SecretStr | None = Field(default=None, description="One RabbitMQ node (or use `urls`)")
+    urls: list[SecretStr] | None = Field(
+        default=None,
+        min_length=1,
+        description="The nodes of a RabbitMQ cluster: every connection tries them in turn, at "
+        "start and on every reconnect",
+    )
     prefetch: int = Field(default=200, ge=1, le=5000)
     publish_timeout: float = Field(default=2.0, gt=0, le=60)
 
+    @model_validator(mode="after")
+    def _one_of_url_and_urls(self) -> BrokerConfig:
+        if self.url is not None and self.urls is not None:
+            raise ValueError("set `url` or `urls`, not both")
+        for value in ([self.url] if self.url is not None else []) + list(self.urls or []):
+            scheme = urlsplit(value.get_secret_value()).scheme
+            if scheme not in ("amqp", "amqps"):
+                raise ValueError(f"expected an amqp:// or amqps:// URL, got {scheme!r}://")
+        if self.url is None and self.urls is None:
+            object.__setattr__(self, "url", SecretStr(DEFAULT_BROKER_URL))
+        return self
+
+    def addresses(self) -> list[str]:
+        """Every node to try, in order (one for `url`)."""
+        if self.urls is not None:
+            return [u.get_secret_value() for u in self.urls]
+        assert self.url is not None  # set by the validator
+        return [self.url.get_secret_value()]
+
     def masked_url(self) -> str:
-        return mask_url(self.url.get_secret_value())
+        return ", ".join(mask_url(u) for u in self.addresses())
 
 
 class GatewayConfig(_Section):
@@ -58,6 +86,22 @@ class GatewayConfig(_Section):
     dlr_secret: SecretStr | None = Field(default=None, min_length=16)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     dedupe_seconds: float = Field(default=600.0, ge=0)
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds a client has to send its request headers (also the idle "
+        "keep-alive time); slow clients are disconnected",
+    )
+    body_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds a client has to send the request body"
+    )
+    receipt_window_seconds: float = Field(
+        default=3 * 86400.0,
+        gt=0,
+        description="how long after the last send attempt a delivery receipt is still accepted; "
+        "a receipt token expires after outbound.max_age_seconds plus this",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -123,6 +167,15 @@ class MediaConfig(_Section):
         default_factory=list,
         description="Non-global networks media may be fetched from (opt-in; tests use 127.0.0.1)",
     )
+    max_items: int = Field(
+        default=10, ge=1, le=100, description="media items fetched per MMS; the rest get an error"
+    )
+    max_message_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1, description="bytes stored per MMS, all items together"
+    )
+    fetch_concurrency: int = Field(
+        default=4, ge=1, le=32, description="downloads in flight per MMS"
+    )
 
     @field_validator("allow_networks")
     @classmethod
@@ -151,7 +204,13 @@ class OutboundConfig(_Section):
         "jitter must not push a sixth attempt into one of Flowroute's seconds",
     )
     sent_ids_seconds: float = Field(
-        default=86400.0, ge=0, description="remember sent ids this long"
+        default=86400.0, ge=0, description="remember sent ids this long (without a ledger)"
+    )
+    reconcile_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds after a send attempt whose outcome is unknown (the worker died or "
+        "lost its connection) before it is looked up in the provider's message records",
     )
 
     @field_validator("retry_delays")
@@ -160,6 +219,126 @@ class OutboundConfig(_Section):
         if any(v <= 0 for v in values):
             raise ValueError("every retry delay must be positive (seconds)")
         return values
+
+
+class LedgerConfig(_Section):
+    url: SecretStr = Field(description="PostgreSQL URL, e.g. postgresql://user:pass@db/smsbridge")
+    retention_days: float = Field(default=90.0, gt=0, description="history kept this long")
+    migrate: bool = Field(default=True, description="apply pending migrations at start")
+    pool_size: int = Field(default=8, ge=1, le=100, description="connections per process")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"expected a postgresql:// URL, got {scheme!r}://")
+        return value
+
+    def masked_url(self) -> str:
+        return mask_url(self.url.get_secret_value())
+
+
+class ConsoleConfig(_Section):
+    listen: str = Field(default="127.0.0.1:8081", description="never the public webhook listener")
+    token: SecretStr = Field(
+        min_length=24, description="API bearer token and login secret (24+ characters)"
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="how operators reach the console (e.g. behind a reverse proxy); an https "
+        "URL makes the session cookie Secure",
+    )
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return GatewayConfig._listen(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return GatewayConfig._public_url(value)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+class QuietHours(_Section):
+    start: str = Field(description="HH:MM, local time in `timezone`")
+    end: str = Field(description="HH:MM; may be before `start` (the window crosses midnight)")
+    timezone: str = Field(description="IANA time zone, e.g. America/New_York")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f"expected HH:MM (24-hour), got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet_hours: start and end are equal (an empty window)")
+        return self
+
+
+DEFAULT_OPT_OUT_REPLY = "You are unsubscribed. Reply START to resubscribe."
+DEFAULT_OPT_IN_REPLY = "You are resubscribed. Reply STOP to unsubscribe."
+
+
+class PolicyConfig(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    opt_out: bool = Field(default=False, description="honour STOP/START/HELP keywords")
+    opt_out_reply: str = Field(default=DEFAULT_OPT_OUT_REPLY, description='"" = no reply')
+    opt_in_reply: str = Field(default=DEFAULT_OPT_IN_REPLY, description='"" = no reply')
+    help_reply: str = Field(default="", description='"" = no reply')
+    allowed_countries: list[str] | None = Field(
+        default=None, description="ISO 3166 codes outbound may go to; absent = any"
+    )
+    quiet_hours: QuietHours | None = None
+    max_segments: int | None = Field(default=None, ge=1, le=255)
+    smart_quotes: Literal["keep", "replace"] = Field(
+        default="keep",
+        description='"replace" turns typographic quotes and dashes into ASCII before sending, '
+        "so they do not force UCS-2",
+    )
+
+    @field_validator("allowed_countries")
+    @classmethod
+    def _countries(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        import phonenumbers
+
+        known = phonenumbers.SUPPORTED_REGIONS
+        out = []
+        for value in values:
+            code = value.strip().upper()
+            if code not in known:
+                raise ValueError(f"unknown country code {value!r} (ISO 3166 alpha-2, e.g. 'US')")
+            out.append(code)
+        return out
 
 
 class LoggingConfig(_Section):
@@ -224,7 +403,10 @@ class Config(_Section):
     inbound: InboundConfig = Field(default_factory=InboundConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    ledger: LedgerConfig | None = None
+    console: ConsoleConfig | None = None
     providers: list[ProviderConfig] = Field(default_factory=list)
+    policies: list[PolicyConfig] = Field(default_factory=list)
     numbers: list[NumberConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -244,8 +426,24 @@ class Config(_Section):
         if dlr_root in RESERVED_PATHS:
             problems.append(f"gateway.dlr_path: {dlr_root!r} collides with the gateway's own paths")
         gateway_paths = RESERVED_PATHS | {dlr_root}
+        policy_names = [p.name for p in self.policies]
+        for name in {n for n in policy_names if policy_names.count(n) > 1}:
+            problems.append(f"policies: duplicate name {name!r}")
+        for i, policy in enumerate(self.policies):
+            if policy.opt_out and self.ledger is None:
+                problems.append(
+                    f"policies[{i}].opt_out: opt-outs are kept in the ledger; add a [ledger] "
+                    "section or set opt_out = false"
+                )
+        if self.console is not None and self.console.listen == self.gateway.listen:
+            problems.append("console.listen: must differ from gateway.listen (the public listener)")
         for i, number in enumerate(self.numbers):
             where = f"numbers[{i}]"
+            if number.policy and number.policy not in policy_names:
+                problems.append(
+                    f"{where}.policy: unknown policy {number.policy!r} for {number.number}"
+                    + (f" (known: {', '.join(policy_names)})" if policy_names else "")
+                )
             if number.provider not in names:
                 problems.append(f"{where}.provider: unknown provider {number.provider!r}")
             if number.number in seen:
@@ -273,6 +471,11 @@ class Config(_Section):
     def prefixes(self) -> dict[str, list[NumberConfig]]:
         return self._by_prefix
 
+    def policy_of(self, number: NumberConfig | None) -> PolicyConfig | None:
+        if number is None or not number.policy:
+            return None
+        return self._by_policy.get(number.policy)
+
     def model_post_init(self, context: Any, /) -> None:
         by_prefix: dict[str, list[NumberConfig]] = {}
         for number in self.numbers:
@@ -280,7 +483,9 @@ class Config(_Section):
         object.__setattr__(self, "_by_number", {n.number: n for n in self.numbers})
         object.__setattr__(self, "_by_provider", {p.name: p for p in self.providers})
         object.__setattr__(self, "_by_prefix", by_prefix)
+        object.__setattr__(self, "_by_policy", {p.name: p for p in self.policies})
 
+    _by_policy: dict[str, PolicyConfig]
     _by_number: dict[str, NumberConfig]
     _by_provider: dict[str, ProviderConfig]
     _by_prefix: dict[str, list[NumberConfig]]
@@ -360,7 +565,14 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 def masked(config: Config) -> dict[str, Any]:
     """The resolved configuration as plain data, every secret masked."""
     data = config.model_dump(mode="json", by_alias=True)
-    data["broker"]["url"] = config.broker.masked_url()
+    if config.broker.urls is not None:
+        data["broker"]["urls"] = [mask_url(u) for u in config.broker.addresses()]
+    else:
+        data["broker"]["url"] = config.broker.masked_url()
+    if config.ledger is not None:
+        data["ledger"]["url"] = config.ledger.masked_url()
+    if config.console is not None:
+        data["console"]["token"] = MASK
     if config.gateway.dlr_secret is not None:
         data["gateway"]["dlr_secret"] = MASK
     for provider in data["providers"]:

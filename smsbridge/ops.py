@@ -14,11 +14,13 @@ import orjson
 from smsbridge import topology
 
 
-async def tail(url: str, pattern: str, *, count: int | None, timeout: float | None) -> int:
+async def tail(
+    urls: str | list[str], pattern: str, *, count: int | None, timeout: float | None
+) -> int:
     """Print events matching `pattern` as JSON lines: {"routing_key", "type", "message"}."""
-    connection = await aio_pika.connect_robust(
-        url, client_properties={"connection_name": "smsbridge-tail"}
-    )
+    from smsbridge.broker import connect
+
+    connection = await connect(urls, "smsbridge-tail")
     seen = 0
     done = asyncio.Event()
     async with connection:
@@ -58,12 +60,12 @@ async def sandbox_post(sandbox_url: str, request: dict[str, Any]) -> int:
     return 0 if resp.status == 200 else 1
 
 
-async def send(url: str, request: dict[str, Any]) -> None:
+async def send(urls: str | list[str], request: dict[str, Any]) -> None:
     """Publish an OutboundRequest exactly as a PBX service would (confirmed, persistent)."""
     from schemas.messages import OUTBOUND_REQUEST_TYPE
     from smsbridge.broker import Broker
 
-    broker = Broker(url, "send")
+    broker = Broker(urls, "send")
     await broker.start()
     try:
         await broker.wait_connected(10)
@@ -117,7 +119,7 @@ def _requeue_target(stage: str, message: aio_pika.abc.AbstractIncomingMessage) -
 
 
 async def parked(
-    url: str, stage: str, *, requeue: bool, ids: set[str] | None = None
+    urls: str | list[str], stage: str, *, requeue: bool, ids: set[str] | None = None
 ) -> list[dict[str, Any]]:
     """List a parking queue, or re-queue its messages (all, or those in `ids`) to where they
     were first published, with a clean slate of retry headers.
@@ -128,12 +130,12 @@ async def parked(
     """
     from smsbridge.broker import Broker
 
-    broker = Broker(url, "parked")
+    from smsbridge.broker import connect
+
+    broker = Broker(urls, "parked")
     await broker.start()
     await broker.wait_connected(10)
-    connection = await aio_pika.connect(
-        url, client_properties={"connection_name": "smsbridge-parked"}
-    )
+    connection = await connect(urls, "smsbridge-parked")
     shown: list[dict[str, Any]] = []
     try:
         channel = await connection.channel()

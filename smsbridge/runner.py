@@ -44,7 +44,7 @@ class Running:
 
 def _broker(config: Config, name: str) -> Broker:
     return Broker(
-        config.broker.url.get_secret_value(), name, publish_timeout=config.broker.publish_timeout
+        config.broker.addresses(), name, publish_timeout=config.broker.publish_timeout
     )
 
 
