@@ -46,7 +46,7 @@ class NodeRotation(RobustConnection):
 
     # RobustConnection's reconnect loop calls its private __connect_transport on every attempt.
     async def _RobustConnection__connect_transport(self) -> None:
-        attempt = getattr(RobustConnection, "_RobustConnection__connect_transport")
+        attempt = RobustConnection._RobustConnection__connect_transport  # type: ignore[attr-defined]
         error: BaseException | None = None
         for step in range(len(self.nodes)):
             index = (self._next + step) % len(self.nodes)

@@ -128,9 +128,7 @@ async def parked(
     channel closes, so it never loses one; re-queuing acks each only after its republish is
     confirmed.
     """
-    from smsbridge.broker import Broker
-
-    from smsbridge.broker import connect
+    from smsbridge.broker import Broker, connect
 
     broker = Broker(urls, "parked")
     await broker.start()

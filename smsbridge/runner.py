@@ -43,9 +43,7 @@ class Running:
 
 
 def _broker(config: Config, name: str) -> Broker:
-    return Broker(
-        config.broker.addresses(), name, publish_timeout=config.broker.publish_timeout
-    )
+    return Broker(config.broker.addresses(), name, publish_timeout=config.broker.publish_timeout)
 
 
 async def start_worker(config: Config, kind: str, running: Running) -> None:
