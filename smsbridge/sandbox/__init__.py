@@ -1,11 +1,12 @@
 """A Flowroute look-alike HTTP server on loopback for tests, benchmarks and the demo.
 
 ``Sandbox`` serves Flowroute's ``/v2.2/messages`` API (auth, validation, rate limits,
-delivery receipts), media files for inbound MMS, and ``/_sandbox/`` control endpoints
-(fault injection, records, inbound webhook posting). ``serve`` runs one until cancelled.
+delivery receipts, message records) and its ``/v2.1`` account-level callbacks, media files for
+inbound MMS, and ``/_sandbox/`` control endpoints (fault injection, records, inbound webhook
+posting). ``serve`` runs one until cancelled.
 """
 
-from .api import AcceptedMessage, AccountSpec, Fault, ReceiptPost
+from .api import AcceptedMessage, AccountSpec, CallbackKind, Fault, ReceiptPost
 from .app import DEFAULT_ACCOUNT, Sandbox, serve
 from .inbound import InboundMedia, InboundResult
 from .media import big_bytes, media_bytes
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_ACCOUNT",
     "AcceptedMessage",
     "AccountSpec",
+    "CallbackKind",
     "Fault",
     "InboundMedia",
     "InboundResult",

@@ -1,9 +1,18 @@
-"""Flowroute's messaging API side: ``POST /v2.2/messages`` and ``GET /v2.2/messages/<id>``.
+"""Flowroute's messaging API side: sending, message records and account-level callbacks.
 
-Checks Basic auth, validates bodies like Flowroute (JSON:API or compact form), rate limits per
-access key per wall-clock second (SMS and MMS counted separately, every attempt counts), answers
-202 with an ``mdr2-`` id, records what it accepted, and posts delivery receipts to
-``dlr_callback``. Faults (status codes, latency, dropped connections) can be injected.
+``POST /v2.2/messages``                       send an SMS/MMS: 202 with an ``mdr2-`` id
+``GET  /v2.2/messages``                       the account's message records (``start_date``,
+                                              ``end_date``, ``limit``, ``offset``; ``links.next``)
+``GET  /v2.2/messages/<id>``                  one message record
+``PUT  /v2.1/messages/sms_callback``          set the account's inbound SMS callback URL (202)
+``PUT  /v2.1/messages/mms_callback``          set the account's inbound MMS callback URL (202)
+``PUT  /v2.1/messages/dlr_callback``          set the account's delivery receipt callback URL (202)
+
+Every route checks Basic auth (401 with an ``errors`` body). Sending validates bodies like
+Flowroute (JSON:API or compact form), rate limits per access key per wall-clock second (SMS and
+MMS counted separately, every attempt counts), records what it accepted, and posts delivery
+receipts to ``dlr_callback``. Faults can be injected on sending: status codes, latency, dropped
+connections, and accepted-then-dropped (recorded, but the 202 never sent).
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal, cast
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
@@ -28,9 +37,13 @@ from .media import MediaStore
 from .payloads import Form, dlr, new_message_id
 
 __all__ = [
+    "CALLBACK_KINDS",
+    "LIST_LIMIT_DEFAULT",
+    "LIST_LIMIT_MAX",
     "MMS_BYTE_LIMIT",
     "AcceptedMessage",
     "AccountSpec",
+    "CallbackKind",
     "Fault",
     "FlowrouteApi",
     "Kind",
@@ -38,7 +51,11 @@ __all__ = [
 ]
 
 Kind = Literal["sms", "mms"]
+CallbackKind = Literal["sms", "mms", "dlr"]
+CALLBACK_KINDS: Final[tuple[CallbackKind, ...]] = ("sms", "mms", "dlr")
 MMS_BYTE_LIMIT: Final = 767_840
+LIST_LIMIT_DEFAULT: Final = 10
+LIST_LIMIT_MAX: Final = 200
 JSONAPI: Final = "application/vnd.api+json"
 _LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -64,6 +81,7 @@ class Fault:
     drop: bool = False
     retry_after: str | None = None
     detail: str | None = None
+    accept_then_drop: bool = False  # record and accept, then close instead of answering 202
     deadline: float | None = None  # loop-independent monotonic deadline
     hits: int = 0
 
@@ -75,7 +93,8 @@ class Fault:
 
 @dataclass(slots=True)
 class AcceptedMessage:
-    """A message ``POST /v2.2/messages`` answered 202 for."""
+    """A message ``POST /v2.2/messages`` accepted: answered 202, or (``answered`` False) closed
+    without an answer by an ``accept_then_drop`` fault, so the sender cannot know it was sent."""
 
     id: str
     account: str
@@ -86,6 +105,12 @@ class AcceptedMessage:
     form: Form
     content_type: str
     status: str = "accepted"  # updated with each delivery receipt posted
+    answered: bool = True  # False: accepted, then the connection was closed (accept_then_drop)
+
+    @property
+    def timestamp(self) -> datetime:
+        """When it was accepted, as its record shows it (and as the listing filters on)."""
+        return datetime.fromtimestamp(self.received_at, UTC)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,11 +199,68 @@ def _is_http_url(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
+def _is_callback_url(value: Any) -> bool:
+    """Stricter than ``_is_http_url``: an account setting must name a host, not just a scheme."""
+    if not isinstance(value, str):
+        return False
+    try:
+        split = urlsplit(value)
+    except ValueError:
+        return False
+    return split.scheme in ("http", "https") and bool(split.hostname)
+
+
 class _Invalid(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+def _query_time(name: str, value: str) -> datetime:
+    """A listing bound: RFC 3339 (``Z`` or ``+00:00``, fraction optional) or any ISO 8601 date
+    or date-time Python reads; without an offset it is UTC, as Flowroute documents."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        # an unencoded "+00:00" reaches us as " 00:00": say so rather than guess
+        hint = "; encode '+' as %2B" if " " in value else ""
+        detail = f"{name} must be an RFC 3339 date-time such as 2026-01-01T00:00:00Z{hint}"
+        raise _Invalid(400, f"{detail} (got {value!r})") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _query_int(name: str, value: str, minimum: int) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < minimum:
+        raise _Invalid(400, f"{name} must be an integer >= {minimum} (got {value!r})")
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _ListQuery:
+    """The parameters of ``GET /v2.2/messages``; the window is [start, end)."""
+
+    start: datetime | None
+    end: datetime | None
+    limit: int
+    offset: int
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> _ListQuery:
+        start = query.get("start_date")
+        end = query.get("end_date")
+        window = (
+            None if start is None else _query_time("start_date", start),
+            None if end is None else _query_time("end_date", end),
+        )
+        if window[0] is not None and window[1] is not None and window[1] < window[0]:
+            raise _Invalid(400, "end_date must not be before start_date")
+        limit = _query_int("limit", query.get("limit", str(LIST_LIMIT_DEFAULT)), 1)
+        offset = _query_int("offset", query.get("offset", "0"), 0)
+        return cls(*window, min(limit, LIST_LIMIT_MAX), offset)
+
+    def includes(self, at: datetime) -> bool:
+        return (self.start is None or at >= self.start) and (self.end is None or at < self.end)
 
 
 class FlowrouteApi:
@@ -214,6 +296,8 @@ class FlowrouteApi:
         self._by_id: dict[str, AcceptedMessage] = {}
         self.receipts: list[ReceiptPost] = []
         self.fault: Fault | None = None
+        # account settings, like accounts themselves: reset() keeps them
+        self._callbacks: dict[str, dict[CallbackKind, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.reset()
 
@@ -246,9 +330,14 @@ class FlowrouteApi:
         drop: bool = False,
         retry_after: str | None = None,
         detail: str | None = None,
+        accept_then_drop: bool = False,
     ) -> Fault:
-        if status is None and not drop and latency_ms <= 0:
-            raise ValueError("a fault needs a status, drop=True or latency_ms > 0")
+        if status is None and not drop and not accept_then_drop and latency_ms <= 0:
+            raise ValueError(
+                "a fault needs a status, drop=True, accept_then_drop=True or latency_ms > 0"
+            )
+        if accept_then_drop and (drop or status is not None):
+            raise ValueError("accept_then_drop excludes drop and status")
         if status is not None and not 100 <= status <= 599:
             raise ValueError("status must be an HTTP status code")
         if count is not None and count < 0:
@@ -257,15 +346,47 @@ class FlowrouteApi:
             raise ValueError("latency_ms and seconds must be >= 0")
         deadline = time.monotonic() + seconds if seconds is not None else None
         self.fault = Fault(
-            status, count, seconds, latency_ms, drop, retry_after, detail, deadline=deadline
+            status,
+            count,
+            seconds,
+            latency_ms,
+            drop,
+            retry_after,
+            detail,
+            accept_then_drop=accept_then_drop,
+            deadline=deadline,
         )
         return self.fault
 
     def clear_faults(self) -> None:
         self.fault = None
 
+    def set_callback(self, access_key: str, kind: CallbackKind, url: str | None) -> None:
+        """Set (or with None forget) an account-level callback URL, as the ``PUT`` does."""
+        if access_key not in self.accounts:
+            raise KeyError(access_key)
+        if kind not in CALLBACK_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(CALLBACK_KINDS)}")
+        own = self._callbacks.setdefault(access_key, {})
+        if url is None:
+            own.pop(kind, None)
+        elif _is_callback_url(url):
+            own[kind] = url
+        else:
+            raise ValueError("a callback URL must be an http(s) URL with a host")
+
+    def callbacks_for(self, access_key: str) -> dict[str, str | None]:
+        """The account's callback URLs by kind (None: not set). KeyError for unknown accounts."""
+        if access_key not in self.accounts:
+            raise KeyError(access_key)
+        own = self._callbacks.get(access_key, {})
+        return {kind: own.get(kind) for kind in CALLBACK_KINDS}
+
     def reset(self) -> None:
-        """Forget messages and receipts and zero all counters (accounts and faults stay)."""
+        """Forget messages and receipts and zero all counters.
+
+        Accounts, faults and account-level callbacks stay: they are settings, not records.
+        """
         self.messages.clear()
         self._by_id.clear()
         self.receipts.clear()
@@ -273,7 +394,8 @@ class FlowrouteApi:
         self.accepted = 0
         self.rate_limited = 0
         self.faulted = 0
-        self.dropped = 0
+        self.dropped = 0  # connections closed without an answer, accepted_dropped included
+        self.accepted_dropped = 0
         self.by_status: dict[int, int] = {}
         self.account_stats: dict[str, _AccountStats] = {}
 
@@ -296,6 +418,7 @@ class FlowrouteApi:
             "rate_limited": self.rate_limited,
             "faulted": self.faulted,
             "dropped": self.dropped,
+            "accepted_dropped": self.accepted_dropped,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "accounts": {k: v.to_json() for k, v in self.account_stats.items()},
             "receipts": {
@@ -324,6 +447,7 @@ class FlowrouteApi:
         app.router.add_post("/v2.2/messages", self.post_message)
         app.router.add_get("/v2.2/messages", self.list_messages)
         app.router.add_get("/v2.2/messages/{id}", self.get_message)
+        app.router.add_put("/v2.1/messages/{kind:sms|mms|dlr}_callback", self.put_callback)
 
     def _authenticate(self, request: web.Request) -> AccountSpec | None:
         header = request.headers.get("Authorization")
@@ -363,17 +487,22 @@ class FlowrouteApi:
         self.by_status[response.status] = self.by_status.get(response.status, 0) + 1
         return response
 
+    def _close_unanswered(self, request: web.Request) -> web.Response:
+        self.dropped += 1
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)  # never reaches the client
+
     async def post_message(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
         fault = self._take_fault()
+        # accept_then_drop only affects a request that is accepted; others get their answer
+        withhold_202 = fault is not None and fault.accept_then_drop
         if fault is not None:
             if fault.latency_ms > 0:
                 await asyncio.sleep(fault.latency_ms / 1000)
             if fault.drop:
-                self.dropped += 1
-                if request.transport is not None:
-                    request.transport.close()
-                return web.Response(status=500)  # never reaches the client
+                return self._close_unanswered(request)
             if fault.status is not None:
                 self.faulted += 1
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
@@ -445,6 +574,7 @@ class FlowrouteApi:
             received_at=time.time(),
             form=form,
             content_type=content_type,
+            answered=not withhold_202,
         )
         self.messages.append(message)
         self._by_id[message_id] = message
@@ -455,6 +585,9 @@ class FlowrouteApi:
             task = asyncio.create_task(self._deliver_receipts(message, callback))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if withhold_202:
+            self.accepted_dropped += 1
+            return self._close_unanswered(request)
         answer = {
             "data": {
                 "type": "message",
@@ -513,18 +646,65 @@ class FlowrouteApi:
             return self.media.size_for_path(split.path, split.query)
         return None
 
+    def _record(self, message: AcceptedMessage) -> dict[str, Any]:
+        """A message record as Flowroute's MDR routes show it (the listing and the lookup)."""
+        attrs = message.attributes
+        text = attrs.get("body")
+        return {
+            "type": "message",
+            "id": message.id,
+            "attributes": {
+                "body": text,
+                "direction": "outbound",
+                "from": attrs.get("from"),
+                "to": attrs.get("to"),
+                "is_mms": message.kind == "mms",
+                "media_urls": attrs.get("media_urls") or [],
+                "message_encoding": 0 if not text or text.isascii() else 8,
+                "message_type": "longcode",
+                "status": message.status,
+                "timestamp": message.timestamp.isoformat(),
+            },
+            "links": {"self": f"{self.base_url}/v2.2/messages/{message.id}"},
+        }
+
+    def _page_url(self, request: web.Request, limit: int, offset: int) -> str:
+        """The absolute URL of another page: the same query with another ``offset``."""
+        params = {k: v for k, v in request.query.items() if k not in ("limit", "offset")}
+        params.update(limit=str(limit), offset=str(offset))
+        return f"{self.base_url}/v2.2/messages?{urlencode(params)}"
+
     async def list_messages(self, request: web.Request) -> web.StreamResponse:
-        """Flowroute's message list (the bridge probes held keys with ``?limit=1``)."""
+        """The account's message records, as Flowroute's "look up a set of messages".
+
+        Records whose timestamp is in [``start_date``, ``end_date``) (either may be absent here;
+        Flowroute requires ``start_date``), only the caller's. ``limit`` 1.. (default 10, more
+        than 200 is served as 200), ``offset`` >= 0; bad values are 400. Order: oldest first,
+        i.e. the order accepted, so offsets stay valid while messages arrive. Flowroute does not
+        document an order, so callers must not depend on it. ``links.next`` is the absolute URL
+        of the next page, null on the last. The bridge probes keys with ``?limit=1``.
+        """
         account = self._authenticate(request)
         if account is None:
             return _error_response(401, "Invalid credentials", "Unauthorized")
         try:
-            limit = max(0, min(int(request.query.get("limit", "10")), 200))
-        except ValueError:
-            return _error_response(400, "limit must be an integer", "Bad Request")
-        own = [m for m in self.messages if m.account == account.access_key][-limit:]
-        data = [{"type": "message", "id": m.id} for m in own] if limit else []
-        return web.json_response({"data": data, "links": {}})
+            query = _ListQuery.parse(request.query)
+        except _Invalid as exc:
+            return _error_response(exc.status, exc.detail, "Bad Request")
+        matching = [
+            m
+            for m in self.messages
+            if m.account == account.access_key and query.includes(m.timestamp)
+        ]
+        limit, offset = query.limit, query.offset
+        page = matching[offset : offset + limit]
+        more = offset + limit < len(matching)
+        links = {
+            "prev": self._page_url(request, limit, max(0, offset - limit)) if offset else None,
+            "next": self._page_url(request, limit, offset + limit) if more else None,
+        }
+        answer = {"data": [self._record(m) for m in page], "links": links}
+        return web.Response(body=orjson.dumps(answer), content_type=JSONAPI)
 
     async def get_message(self, request: web.Request) -> web.StreamResponse:
         account = self._authenticate(request)
@@ -533,28 +713,35 @@ class FlowrouteApi:
         message = self._by_id.get(request.match_info["id"])
         if message is None or message.account != account.access_key:
             return _error_response(404, "Message not found", "Not Found")
-        attrs = message.attributes
-        text = attrs.get("body")
-        record = {
-            "data": {
-                "type": "message",
-                "id": message.id,
-                "attributes": {
-                    "body": text,
-                    "direction": "outbound",
-                    "from": attrs.get("from"),
-                    "to": attrs.get("to"),
-                    "is_mms": message.kind == "mms",
-                    "media_urls": attrs.get("media_urls") or [],
-                    "message_encoding": 0 if not text or text.isascii() else 8,
-                    "message_type": "longcode",
-                    "status": message.status,
-                    "timestamp": datetime.fromtimestamp(message.received_at, UTC).isoformat(),
-                },
-                "links": {"self": f"{self.base_url}/v2.2/messages/{message.id}"},
-            }
-        }
-        return web.Response(body=orjson.dumps(record), content_type=JSONAPI)
+        return web.Response(
+            body=orjson.dumps({"data": self._record(message)}), content_type=JSONAPI
+        )
+
+    async def put_callback(self, request: web.Request) -> web.StreamResponse:
+        """``PUT /v2.1/messages/{sms,mms,dlr}_callback``: the account-level callback URL.
+
+        Body ``{"data": {"attributes": {"callback_url": "https://..."}}}``; answers 202 with an
+        empty body like Flowroute's SDKs expect ("ACCEPTED").
+        """
+        account = self._authenticate(request)
+        if account is None:
+            return _error_response(401, "Invalid credentials", "Unauthorized")
+        if "json" not in request.content_type:
+            return _error_response(415, f"Unsupported content type {request.content_type!r}")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error_response(400, "Malformed JSON body", "Bad Request")
+        data = body.get("data") if isinstance(body, dict) else None
+        attrs = data.get("attributes") if isinstance(data, dict) else None
+        url = attrs.get("callback_url") if isinstance(attrs, dict) else None
+        if url is None:
+            return _error_response(422, "'data.attributes.callback_url' is required")
+        if not _is_callback_url(url):
+            return _error_response(422, "'callback_url' must be an http(s) URL with a host")
+        kind = cast(CallbackKind, request.match_info["kind"])  # the route admits only these
+        self.set_callback(account.access_key, kind, url)
+        return web.Response(status=202)
 
     # -- delivery receipts ------------------------------------------------------------------------
 

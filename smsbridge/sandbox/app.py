@@ -12,7 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from .api import AcceptedMessage, AccountSpec, Fault, FlowrouteApi, ReceiptPost
+from .api import AcceptedMessage, AccountSpec, CallbackKind, Fault, FlowrouteApi, ReceiptPost
 from .control import add_control_routes
 from .inbound import InboundKind, InboundMedia, InboundResult, deliver, parse_media
 from .media import MediaStore, media_bytes
@@ -151,7 +151,7 @@ class Sandbox:
 
     @property
     def messages(self) -> list[AcceptedMessage]:
-        """Messages answered 202, oldest first."""
+        """Messages accepted, oldest first (``answered`` False: a fault withheld the 202)."""
         return self.api.messages
 
     @property
@@ -177,13 +177,29 @@ class Sandbox:
         return out
 
     def reset(self) -> None:
-        """Forget messages, receipts, inbound results and counters (accounts/faults/media stay)."""
+        """Forget messages, receipts, inbound results and counters.
+
+        Accounts, faults, media and account-level callbacks stay (``set_callback(.., None)``
+        forgets a callback).
+        """
         self.api.reset()
         self.inbound.clear()
         self.media.reset_counters()
 
     def set_account(self, spec: AccountSpec) -> None:
         self.api.set_account(spec)
+
+    def callbacks(self, access_key: str) -> dict[str, str | None]:
+        """The account's callback URLs set with ``PUT /v2.1/messages/<kind>_callback``.
+
+        ``{"sms": url | None, "mms": url | None, "dlr": url | None}``; KeyError for an access
+        key the sandbox does not know (so a typo cannot pass for "not set").
+        """
+        return self.api.callbacks_for(access_key)  # a fresh dict
+
+    def set_callback(self, access_key: str, kind: CallbackKind, url: str | None) -> None:
+        """Set an account-level callback like the ``PUT`` does, or forget it with None."""
+        self.api.set_callback(access_key, kind, url)
 
     def set_dlr_outcome(
         self, status: str, status_code: int | str | None, description: str | None = None
@@ -201,6 +217,7 @@ class Sandbox:
         drop: bool = False,
         retry_after: str | None = None,
         detail: str | None = None,
+        accept_then_drop: bool = False,
     ) -> Fault:
         """Make ``POST /v2.2/messages`` misbehave (replaces any current fault).
 
@@ -208,6 +225,11 @@ class Sandbox:
         ``clear_faults()``) get ``latency_ms`` extra delay, then are dropped (``drop``: the
         connection is closed without an answer) or answered ``status`` with an ``errors`` body
         (and ``Retry-After: retry_after`` if given). With neither, they proceed normally.
+
+        ``accept_then_drop`` makes the outcome unknown to the sender: an affected request that
+        would get a 202 is recorded and accepted as usual (it is in the records listing and its
+        delivery receipts are scheduled), then the connection is closed instead of answering.
+        Affected requests that would not be accepted (401, 422, 429) get their usual answer.
         """
         return self.api.set_fault(
             status,
@@ -217,6 +239,7 @@ class Sandbox:
             drop=drop,
             retry_after=retry_after,
             detail=detail,
+            accept_then_drop=accept_then_drop,
         )
 
     def clear_faults(self) -> None:
@@ -239,10 +262,33 @@ class Sandbox:
 
     # -- inbound webhooks -------------------------------------------------------------------------
 
+    def inbound_url(self, kind: InboundKind, account: str | None = None) -> str:
+        """Where Flowroute would post an inbound ``kind`` message: the account's callback URL.
+
+        ``account`` (an access key) defaults to the only account with a ``kind`` callback set.
+        Raises ValueError when that does not name exactly one URL.
+        """
+        if kind not in ("sms", "mms"):
+            raise ValueError(f"unknown kind {kind!r}")
+        if account is not None:
+            if account not in self.accounts:
+                raise ValueError(f"unknown account {account!r}")
+            url = self.api.callbacks_for(account)[kind]
+            if url is None:
+                raise ValueError(f"account {account!r} has no {kind} callback set")
+            return url
+        urls = {key: url for key in self.accounts if (url := self.api.callbacks_for(key)[kind])}
+        if len(urls) == 1:
+            return next(iter(urls.values()))
+        if not urls:
+            raise ValueError(f"a gateway URL is needed: no account has a {kind} callback set")
+        raise ValueError(f"accounts {sorted(urls)} have a {kind} callback set: name the account")
+
     def build_inbound(
         self,
-        gateway_url: str,
+        gateway_url: str | None = None,
         *,
+        account: str | None = None,
         kind: InboundKind = "sms",
         form: Form = "jsonapi",
         to: str = "12025551234",
@@ -252,9 +298,15 @@ class Sandbox:
         message_id: str | None = None,
         message_type: str = "longcode",
     ) -> InboundResult:
-        """Build (and for MMS, register the media of) an inbound webhook without posting it."""
+        """Build (and for MMS, register the media of) an inbound webhook without posting it.
+
+        Without ``gateway_url`` it goes to ``inbound_url(kind, account)``, the URL set with
+        ``PUT /v2.1/messages/<kind>_callback``; a given ``gateway_url`` wins over it.
+        """
         if not self.url:
             raise RuntimeError("sandbox is not started")
+        if gateway_url is None:
+            gateway_url = self.inbound_url(kind, account)
         mid = message_id or new_message_id()
         if kind == "sms":
             if body is None:
@@ -302,8 +354,9 @@ class Sandbox:
 
     async def post_inbound(
         self,
-        gateway_url: str,
+        gateway_url: str | None = None,
         *,
+        account: str | None = None,
         kind: InboundKind = "sms",
         form: Form = "jsonapi",
         to: str = "12025551234",
@@ -317,11 +370,13 @@ class Sandbox:
     ) -> InboundResult:
         """Post an inbound SMS/MMS webhook to ``gateway_url`` like Flowroute.
 
+        Without ``gateway_url``, to the account's ``kind`` callback (see ``inbound_url``).
         Resends on anything but 200 or no answer, up to ``max_attempts`` (default 5) posts
         ``resend_interval`` (default the sandbox's, 30 s) apart. Returns when done.
         """
         result = self.build_inbound(
             gateway_url,
+            account=account,
             kind=kind,
             form=form,
             to=to,

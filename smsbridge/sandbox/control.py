@@ -1,14 +1,18 @@
 """Control endpoints under ``/_sandbox/`` (no auth: the sandbox only listens on loopback).
 
-``POST   /_sandbox/faults``        set a fault (JSON like ``Sandbox.set_fault`` keywords)
+``POST   /_sandbox/faults``        set a fault (JSON like ``Sandbox.set_fault`` keywords,
+                                   ``accept_then_drop`` included)
 ``GET    /_sandbox/faults``        the current fault or null
 ``DELETE /_sandbox/faults``        clear faults
 ``GET    /_sandbox/messages``      accepted messages
 ``DELETE /_sandbox/messages``      reset messages, receipts, inbound results and counters
 ``GET    /_sandbox/stats``         counters
 ``GET    /_sandbox/receipts``      delivery receipt posts and their answers
-``POST   /_sandbox/inbound``       post an inbound webhook to a gateway
+``POST   /_sandbox/inbound``       post an inbound webhook to ``gateway_url``, or without it to
+                                   the ``account``'s callback set with ``PUT /v2.1/...``
 ``GET    /_sandbox/inbound``       inbound webhooks posted so far
+``GET    /_sandbox/callbacks``     account-level callbacks: ``{access_key: {sms, mms, dlr}}``
+                                   (Flowroute has no such GET; this is the sandbox's own view)
 ``PUT    /_sandbox/media/<name>``  register media (request body; Content-Type kept)
 ``POST   /_sandbox/config``        change dlr_* settings, resend_interval and accounts
 """
@@ -91,6 +95,7 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
             drop=bool(_opt(data, "drop", (bool,), False)),
             retry_after=None if retry_after is None else str(retry_after),
             detail=_opt(data, "detail", (str,)),
+            accept_then_drop=bool(_opt(data, "accept_then_drop", (bool,), False)),
         )
         return _json({"fault": fault.to_json()})
 
@@ -118,10 +123,13 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     async def list_inbound(request: web.Request) -> web.StreamResponse:
         return _json([r.to_json() for r in sandbox.inbound])
 
+    async def list_callbacks(request: web.Request) -> web.StreamResponse:
+        return _json({key: sandbox.callbacks(key) for key in sandbox.accounts})
+
     async def post_inbound(request: web.Request) -> web.StreamResponse:
         data = await _read_object(request)
-        gateway_url = _opt(data, "gateway_url", (str,))
-        if not gateway_url or not gateway_url.startswith(("http://", "https://")):
+        gateway_url = _opt(data, "gateway_url", (str,))  # None: the account's callback
+        if gateway_url is not None and not gateway_url.startswith(("http://", "https://")):
             raise _BadRequest("'gateway_url' must be an http(s) URL")
         kind = _opt(data, "kind", (str,), "sms")
         if kind not in ("sms", "mms"):
@@ -134,6 +142,7 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
             raise _BadRequest("'body' must be a string or null")
         result = sandbox.build_inbound(
             gateway_url,
+            account=_opt(data, "account", (str,)),
             kind=kind,
             form=_form(data.get("form", "jsonapi")),
             to=_opt(data, "to", (str,), "12025551234"),
@@ -223,5 +232,6 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     router.add_get("/_sandbox/receipts", guard(receipts))
     router.add_post("/_sandbox/inbound", guard(post_inbound))
     router.add_get("/_sandbox/inbound", guard(list_inbound))
+    router.add_get("/_sandbox/callbacks", guard(list_callbacks))
     router.add_put("/_sandbox/media/{name}", guard(put_media))
     router.add_post("/_sandbox/config", guard(config))
