@@ -1,0 +1,310 @@
+"""An account's sender (`smsbridge.outbound.account.<name>`, single active consumer): one send
+job -> at most one message accepted by Flowroute -> `status.sent` or `status.failed`.
+
+For each job, read top to bottom:
+1. claim the request id (`SendClaims`): sent before -> publish its `status.sent` again (the same
+   event) and stop; failed for good -> stop; an earlier attempt's outcome unknown -> look it
+   up in Flowroute's message records before anything is sent again;
+2. wait for the account's next rate slot (attempts, retries included, never exceed its limit);
+3. record the attempt, POST it, retry quick transient failures (tenacity), and record the
+   outcome: sent, failed (any other 4xx), or later (a delay queue: transient failures after
+   the quick retries, until `max_age_seconds`);
+4. publish the status event; the consumer acks.
+
+401/403 hold the account (see account.py). Nothing here holds a delivery for long: every wait
+goes to a delay queue (delays.py).
+
+From the moment a POST starts until its outcome is recorded, or known to be a refusal, the
+send is "in doubt": whatever stops us there (a crash, a lost connection, a timeout) leaves it
+to be looked up, never blindly resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from smsbridge import receipt_token, topology
+from smsbridge.broker import Broker
+from smsbridge.config import Config
+from smsbridge.flowroute.client import (
+    AuthFailure,
+    Permanent,
+    SendError,
+    Sent,
+    Transient,
+    message_body,
+)
+from smsbridge.logs import get_logger
+from smsbridge.metrics import SEND_RETRIES, SEND_SECONDS, SENDS
+from smsbridge.once import SendClaim, SendClaims
+from smsbridge.status import publish_status
+from smsbridge.waiting import Backoff, MustWait
+from workers.consumer import Park, int_header
+from workers.outbound.account import Account, AccountHeld
+from workers.outbound.delays import Delays
+from workers.outbound.intake import fail, now_ms
+from workers.outbound.job import BadJob, SendJob
+
+log = get_logger(__name__)
+
+HELD_WAIT = 5.0  # seconds a request that met a held account waits before it is looked at again
+RECORDS_RETRY = 30.0  # seconds before looking up Flowroute's records again after they failed
+# Look for an in-doubt send this far around its attempt (clocks differ; records lag).
+RECORDS_MARGIN = timedelta(minutes=5)
+
+
+class _LookUpLater(Exception):
+    """An in-doubt send cannot be looked up yet; the request waits in a delay queue."""
+
+
+@dataclass
+class _Open:
+    """A claim being worked on, and whether an attempt of it may have been accepted."""
+
+    claim: SendClaim
+    in_doubt_since: datetime | None
+    closed: bool = False
+
+
+class Sender:
+    def __init__(self, config: Config, broker: Broker, claims: SendClaims, delays: Delays) -> None:
+        self.settings = config.outbound
+        self.broker = broker
+        self.claims = claims
+        self.delays = delays
+        gw = config.gateway
+        self._dlr_base = f"{gw.public_url}/{gw.dlr_path}/" if gw.public_url else None
+        self._dlr_secret = gw.dlr_secret.get_secret_value().encode() if gw.dlr_secret else None
+        self._dlr_lifetime = self.settings.max_age_seconds + gw.receipt_window_seconds
+
+    async def handle(self, account: Account, message: AbstractIncomingMessage) -> str:
+        try:
+            job = SendJob.from_json(message.body)
+        except BadJob as exc:
+            raise Park(str(exc)) from None
+        if account.held:
+            await self._later(message, account, HELD_WAIT, "account held")
+            return "held"
+        claim = await self.claims.claim(job.id)
+        if claim.provider_id is not None:
+            # Sent before (a redelivery, or the PBX published the id twice): never again, but
+            # make sure its status.sent was published (the same event, message_id included).
+            await self._status_sent(job, claim.provider_id, claim.attempts)
+            return "duplicate"
+        if claim.settled:
+            return "duplicate"
+        work = _Open(claim, claim.in_doubt_since)
+        try:
+            return await self._send(account, message, job, work)
+        finally:
+            if not work.closed:
+                try:
+                    await self.claims.released(claim, work.in_doubt_since)
+                except MustWait as exc:  # its lease runs out instead: in doubt, looked up
+                    log.warning("claim not released", error=str(exc))
+
+    async def _send(
+        self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
+    ) -> str:
+        attempts = int_header(message, topology.H_ATTEMPTS)
+        if work.in_doubt_since is not None:
+            try:
+                found = await self._look_up(account, message, job, work)
+            except _LookUpLater:
+                return "in_doubt"  # waits in a delay queue
+            if found is not None:
+                await self._record_sent(work, found, attempts)
+                await self._status_sent(job, found, attempts)
+                log.info("a send whose outcome was unknown had been accepted", provider_id=found)
+                return "reconciled"
+            log.info("a send whose outcome was unknown was not accepted; sending it now")
+            work.in_doubt_since = None
+        dlr = self._dlr_url(job, account, attempts + 1)
+        payload = message_body(job.to, job.from_, job.body, job.media_urls, dlr)
+        try:
+            sent, attempts = await self._attempts(account, message, work, payload, job, attempts)
+        except AccountHeld:
+            await self._later(message, account, HELD_WAIT, "account held", attempts)
+            return "held"
+        except Permanent as exc:
+            await self._settle(work, "failed", f"Flowroute refused: {exc.reason}", exc.attempts)
+            await fail(self.broker, job.id, f"Flowroute refused: {exc.reason}", exc.attempts)
+        except Transient as exc:
+            if work.in_doubt_since is not None:
+                await self._later(
+                    message, account, self.settings.reconcile_after, exc.reason, exc.attempts
+                )
+                return "in_doubt"
+            return await self._retry_later(message, account, job, work, exc)
+        await self._record_sent(work, sent.provider_id, attempts)
+        await self._status_sent(job, sent.provider_id, attempts)
+        return "sent"
+
+    async def _attempts(
+        self,
+        account: Account,
+        message: AbstractIncomingMessage,
+        work: _Open,
+        payload: dict[str, Any],
+        job: SendJob,
+        attempts: int,
+    ) -> tuple[Sent, int]:
+        """POST, with quick retries of transient failures that surely were not accepted."""
+        async for attempt in AsyncRetrying(  # a new one per call: not shareable
+            retry=retry_if_exception(lambda e: isinstance(e, Transient) and not e.in_doubt),
+            stop=stop_after_attempt(self.settings.in_process_attempts),
+            wait=_wait,
+            before_sleep=lambda _: SEND_RETRIES.labels(account.name, "quick").inc(),
+            reraise=True,
+        ):
+            with attempt:
+                await account.slot(job.is_mms, message)
+                attempts += 1
+                await self.claims.attempting(work.claim, attempts)
+                work.in_doubt_since = datetime.now(UTC)
+                started = time.perf_counter()
+                try:
+                    sent = await account.client.send(payload)
+                except SendError as exc:
+                    SENDS.labels(account.name, _outcome(exc)).inc()
+                    exc.attempts = attempts
+                    if not (isinstance(exc, Transient) and exc.in_doubt):
+                        work.in_doubt_since = None  # refused: surely not accepted
+                    if isinstance(exc, AuthFailure):
+                        account.hold(exc)
+                        raise AccountHeld() from exc
+                    raise
+                finally:
+                    SEND_SECONDS.labels(account.name).observe(time.perf_counter() - started)
+                SENDS.labels(account.name, "sent").inc()
+        return sent, attempts
+
+    async def _look_up(
+        self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
+    ) -> str | None:
+        """Settle an in-doubt send against Flowroute's records: its provider id if it was
+        accepted, False if it was not, None if that cannot be told yet (the request then
+        waits in a delay queue)."""
+        since = work.in_doubt_since
+        assert since is not None
+        due = since.timestamp() + self.settings.reconcile_after - time.time()
+        if due > 0:  # give Flowroute's records time to show it
+            await self._later(message, account, due, "looking up a send whose outcome is unknown")
+            raise _LookUpLater()
+        attributes = message_body(job.to, job.from_, job.body, job.media_urls, None)
+        try:
+            found = await account.client.find_sent(
+                attributes["data"]["attributes"],
+                since - RECORDS_MARGIN,
+                datetime.now(UTC) + RECORDS_MARGIN,
+                exclude=self.claims.known_provider_ids(),
+            )
+        except AuthFailure as exc:
+            account.hold(exc)
+            await self._later(message, account, HELD_WAIT, "account held")
+            raise _LookUpLater() from None
+        except Transient as exc:
+            await self._later(message, account, RECORDS_RETRY, exc.reason)
+            raise _LookUpLater() from None
+        return found
+
+    async def _retry_later(
+        self,
+        message: AbstractIncomingMessage,
+        account: Account,
+        job: SendJob,
+        work: _Open,
+        exc: Transient,
+    ) -> str:
+        delays = self.settings.retry_delays  # never empty: the configuration requires one
+        rounds = int_header(message, topology.H_RETRIES)
+        delay = delays[min(rounds, len(delays) - 1)]
+        first_seen = int_header(message, topology.H_FIRST_SEEN) / 1000 or time.time()
+        age = time.time() - first_seen
+        if age + delay > self.settings.max_age_seconds:
+            reason = f"gave up after {exc.attempts} attempts over {age:.0f} s: {exc.reason}"
+            await self._settle(work, "failed", reason, exc.attempts)
+            await fail(self.broker, job.id, reason, exc.attempts)
+        headers = {topology.H_RETRIES: rounds + 1}
+        await self._later(message, account, delay, exc.reason, exc.attempts, headers, exact=True)
+        SEND_RETRIES.labels(account.name, "delayed").inc()
+        log.warning("send failed, retrying later", reason=exc.reason, retry_in=delay)
+        return "retry"
+
+    async def _later(
+        self,
+        message: AbstractIncomingMessage,
+        account: Account,
+        seconds: float,
+        reason: str,
+        attempts: int | None = None,
+        extra: dict[str, Any] | None = None,
+        *,
+        exact: bool = False,
+    ) -> None:
+        headers: dict[str, Any] = {
+            topology.H_REASON: reason[:500],
+            topology.H_FIRST_SEEN: int_header(message, topology.H_FIRST_SEEN) or now_ms(),
+            **(extra or {}),
+        }
+        if attempts is not None:
+            headers[topology.H_ATTEMPTS] = attempts
+        await self.delays.later(
+            message, account.name, seconds, headers, exact_tier=seconds if exact else None
+        )
+
+    async def _record_sent(self, work: _Open, provider_id: str, attempts: int) -> None:
+        """Record an accepted send, however long the ledger takes: until it is recorded, a
+        redelivery could not tell it was sent."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self.claims.sent(work.claim, provider_id, attempts)
+            except MustWait as exc:
+                log.warning("could not record a send yet; retrying", error=str(exc))
+                await asyncio.sleep(backoff.next())
+                continue
+            work.closed = True
+            return
+
+    async def _settle(self, work: _Open, status: str, reason: str, attempts: int) -> None:
+        await self.claims.settle(work.claim, status, reason, attempts)
+        work.closed = True
+
+    async def _status_sent(self, job: SendJob, provider_id: str, attempts: int) -> None:
+        await publish_status(
+            self.broker, job.id, "sent", provider_id=provider_id, attempts=attempts
+        )
+
+    def _dlr_url(self, job: SendJob, account: Account, attempt: int) -> str | None:
+        if not (self._dlr_base and self._dlr_secret):
+            return None
+        ref = receipt_token.ReceiptRef(
+            job.id, account.name, attempt, receipt_token.expiry(self._dlr_lifetime)
+        )
+        return self._dlr_base + receipt_token.sign(self._dlr_secret, ref)
+
+
+def _outcome(exc: Exception) -> str:
+    if isinstance(exc, AuthFailure):
+        return "auth_failed"
+    if isinstance(exc, Permanent):
+        return "rejected"
+    status = getattr(exc, "status", None)
+    return "rate_limited" if status == 429 else "transient"
+
+
+def _wait(state: RetryCallState) -> float:
+    """Honour Retry-After (capped by the client) when present, else exponential + jitter."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, Transient) and exc.retry_after is not None:
+        return exc.retry_after
+    return float(wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.3)(state))
