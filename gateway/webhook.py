@@ -1,19 +1,26 @@
-"""POST /<url_prefix>: Flowroute's inbound SMS/MMS webhook (CONTRACT §2).
+"""POST /<url_prefix>: Flowroute's inbound SMS/MMS webhook (docs/contract.md, section 7).
 
 200 only once the message is confirmed stored and routed in RabbitMQ; 200 again, without a
-second publish, for an id already accepted; 400/413/422/403/404 refusals are logged and
-kept in the quarantine queue; 503 when the broker cannot confirm in time (Flowroute resends).
+second publish, for an id already accepted; 503 when the broker cannot confirm in time
+(Flowroute resends). Refusals: 400 (not JSON, or a body that cannot be decoded), 408 (body
+not received within `gateway.body_timeout`), 413, 422, 404 (unknown prefix) and 403 (source
+not in `allow_ips`, checked before anything else, on every path).
+
+Every refusal is one rate-limited warning line (`gateway.refusals`). Refused bodies from an
+allowed source are kept in the quarantine queue, truncated and rate-limited so that hostile
+input cannot fill the broker's disk: see `gateway.quarantine` (worst case 10,000 × 32 KiB).
+A refused source is answered 403 and nothing is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
+from gateway import quarantine
+from gateway.refusals import REFUSALS, BodyError, closing, read_body
 from gateway.state import BROKER, CONFIG, RECENT, SOURCES
 from smsbridge import envelope, topology
 from smsbridge.broker import PublishFailed
@@ -31,6 +38,9 @@ _outcomes = {
         "accepted",
         "duplicate",
         "bad_json",
+        "bad_body",
+        "disconnected",
+        "body_timeout",
         "not_message",
         "too_large",
         "forbidden",
@@ -54,20 +64,26 @@ def webhook_handler(prefix: str) -> Handler:
     return handle
 
 
+def source_allowed(request: web.Request) -> bool:
+    """The allow-list, with every X-Forwarded-For line (a client can send its own first)."""
+    sources = request.app[SOURCES]
+    if not sources.enabled:
+        return True
+    return sources.allowed(request.remote, request.headers.getall("X-Forwarded-For", []))
+
+
 async def receive(request: web.Request, prefix: str) -> web.StreamResponse:
     app = request.app
-    sources = app[SOURCES]
-    if sources.enabled and not sources.allowed(
-        request.remote, request.headers.get("X-Forwarded-For")
-    ):
+    if not source_allowed(request):
         return await refuse(request, 403, "forbidden", "source address not allowed", b"")
-    limit = app[CONFIG].gateway.max_body_bytes
+    gateway = app[CONFIG].gateway
+    limit = gateway.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return await refuse(request, 413, "too_large", f"body over {limit} bytes", b"")
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return await refuse(request, 413, "too_large", f"body over {limit} bytes", b"")
+        raw = await read_body(request, gateway.body_timeout)
+    except BodyError as exc:
+        return closing(await refuse(request, exc.status, exc.outcome, exc.reason, b""))
     try:
         sms = parse_inbound(decode_json(raw), app[CONFIG].inbound.default_region)
     except NotJson as exc:
@@ -106,40 +122,37 @@ async def receive(request: web.Request, prefix: str) -> web.StreamResponse:
 
 
 async def unknown_prefix(request: web.Request) -> web.StreamResponse:
+    if not source_allowed(request):
+        return await refuse(request, 403, "forbidden", "source address not allowed", b"")
+    gateway = request.app[CONFIG].gateway
     raw = b""
-    if (request.content_length or 0) <= request.app[CONFIG].gateway.max_body_bytes:
+    if (request.content_length or 0) <= gateway.max_body_bytes:
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raw = b""
+            raw = await read_body(request, gateway.body_timeout)
+        except BodyError as exc:
+            if exc.status == 408:
+                return closing(await refuse(request, 408, exc.outcome, exc.reason, b""))
+            return closing(await refuse(request, 404, "unknown_prefix", "unknown URL prefix", b""))
     return await refuse(request, 404, "unknown_prefix", "unknown URL prefix", raw)
 
 
 async def refuse(
     request: web.Request, status: int, outcome: str, reason: str, raw: bytes
 ) -> web.Response:
-    """Answer a refusal, log it, and keep the body in the bounded quarantine queue."""
+    """Answer a refusal and log it (rate-limited); from an allowed source, keep (the head of)
+    the body in the quarantine queue (rate-limited too). A 403 keeps nothing."""
     _outcomes[outcome].inc()
-    log.warning(
-        "webhook refused",
-        status=status,
-        reason=reason,
-        path=request.path,
-        peer=request.remote,
-        size=len(raw),
-    )
-    headers: dict[str, Any] = {
-        topology.H_REASON: reason[:500],
-        "x-smsbridge-http-status": status,
-        "x-smsbridge-path": request.path[:200],
-        "x-smsbridge-peer": request.remote or "",
-        topology.H_PARKED_AT: envelope.now_rfc3339(),
-    }
-    message = topology.json_message(
-        raw, message_id=f"quarantine-{uuid.uuid4().hex}", headers=headers
-    )
-    try:
-        await request.app[BROKER].publish(topology.PARKING, topology.QUARANTINE_KEY, message, 1.0)
-    except PublishFailed as exc:
-        log.warning("refused body not quarantined", error=str(exc))
+    if REFUSALS.allow(f"webhook {outcome}"):
+        log.warning(
+            "webhook refused",
+            outcome=outcome,
+            status=status,
+            reason=reason,
+            path=request.path[:200],
+            peer=request.remote,
+            size=len(raw),
+        )
+    if status != 403:
+        original = request.content_length if status == 413 else None
+        await quarantine.keep(request, status, reason, raw, original)
     return web.json_response({"error": reason}, status=status)

@@ -1,4 +1,4 @@
-"""The AsyncAPI 2.6.0 document of smsbridge's public contract (CONTRACT.md), built from the models.
+"""The AsyncAPI 2.6.0 document of smsbridge's public contract, built from the models.
 
 `build()` returns a plain dict; `python -m schemas.generate` writes it to `schemas/asyncapi.json`
 with sorted keys so the checked-in file can be compared byte-for-byte.
@@ -14,23 +14,26 @@ from schemas.flowroute import CompactReceipt, CompactWebhook, JsonApiReceipt, Js
 from schemas.messages import (
     INBOUND_MESSAGE_TYPE,
     OUTBOUND_REQUEST_TYPE,
+    POLICY_TYPE,
     STATUS_TYPE,
     InboundMessage,
     OutboundRequest,
+    PolicyEvent,
     Status,
     StatusEvent,
 )
-from smsbridge.topology import (
+from schemas.names import (
     EVENTS,
     OUTBOUND,
     SEND_KEY,
     UNROUTABLE_QUEUE,
     inbound_key,
+    policy_key,
     status_key,
 )
 
 ASYNCAPI_VERSION = "2.6.0"
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 # Every model whose schema goes under components/schemas (with the models it refers to).
@@ -38,6 +41,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     OutboundRequest,
     InboundMessage,
     StatusEvent,
+    PolicyEvent,
     JsonApiWebhook,
     CompactWebhook,
     JsonApiReceipt,
@@ -50,9 +54,9 @@ AMQP_MESSAGE_BINDING_VERSION = "0.2.0"
 HTTP_MESSAGE_BINDING_VERSION = "0.2.0"
 
 DESCRIPTION = f"""\
-smsbridge bridges a PBX to Flowroute's SMS/MMS API through RabbitMQ. This document is the
-public contract v1 (CONTRACT.md): names and fields may be extended but are never renamed or
-dropped. It is generated from the `schemas` package by `python -m schemas.generate`.
+smsbridge bridges a PBX to Flowroute's SMS/MMS API through RabbitMQ. This document is its
+public contract (v1.1): names and fields may be extended but are never renamed or dropped.
+It is generated from the `schemas` package by `python -m schemas.generate`.
 
 ## Point of view
 
@@ -68,14 +72,17 @@ Channel names are AMQP routing keys; each channel's `amqp` binding names its exc
 - `{OUTBOUND}` (direct, durable): PBX services publish an OutboundRequest with routing key
   `{SEND_KEY}`.
 - `{EVENTS}` (topic, durable): the bridge publishes `{inbound_key("{destination}")}`,
-  `{inbound_key(None)}` and `{status_key("{status}")}`. PBX services bind their own queues,
-  e.g. `inbound.100`, `inbound.#` or `status.*`. The exchange has an alternate exchange, so an
-  event that no PBX queue is bound for is kept in the durable queue `{UNROUTABLE_QUEUE}`
-  rather than dropped.
+  `{inbound_key(None)}`, `{status_key("{status}")}` and `{policy_key("{change}")}`. PBX
+  services bind their own queues, e.g. `inbound.100`, `inbound.#` or `status.*`. The exchange
+  has an alternate exchange, so an event that no PBX queue is bound for is kept in the
+  durable queue `{UNROUTABLE_QUEUE}` rather than dropped. (InboundMessages reach it through
+  the bridge's internal exchange `smsbridge.events.journaled`, which is what a delivered
+  message's `exchange` field shows.)
 
 All exchanges and queues are durable. Every message is JSON (UTF-8) with the AMQP properties
 `content_type=application/json`, `delivery_mode=2` (persistent), `message_id` set, and `type`
-naming the schema (`{OUTBOUND_REQUEST_TYPE}`, `{INBOUND_MESSAGE_TYPE}`, `{STATUS_TYPE}`);
+naming the schema (`{OUTBOUND_REQUEST_TYPE}`, `{INBOUND_MESSAGE_TYPE}`, `{STATUS_TYPE}`,
+`{POLICY_TYPE}`);
 each message object lists them under `x-amqp-properties` and its `amqp` binding's
 `messageType`.
 
@@ -229,6 +236,14 @@ def build() -> dict[str, Any]:
             type_=STATUS_TYPE,
             message_id="set by the bridge",
         ),
+        "PolicyEvent": _amqp_message(
+            name="PolicyEvent",
+            title="Opt-out change",
+            summary="A recipient opted out of (or back in to) one of our numbers by keyword.",
+            model=PolicyEvent,
+            type_=POLICY_TYPE,
+            message_id="set by the bridge",
+        ),
         "FlowrouteInboundWebhook": _http_message(
             name="FlowrouteInboundWebhook",
             title="Flowroute inbound webhook",
@@ -251,6 +266,10 @@ def build() -> dict[str, Any]:
         "status": {
             "description": "The StatusEvent's `status`.",
             "schema": {"type": "string", "enum": list(get_args(Status))},
+        },
+        "change": {
+            "description": "What changed for the recipient.",
+            "schema": {"type": "string", "enum": ["opted_out", "opted_in"]},
         },
     }
 
@@ -313,6 +332,21 @@ def build() -> dict[str, Any]:
                 "message": _ref("messages", "StatusEvent"),
             },
         },
+        policy_key("{change}"): {
+            "description": (
+                f"{events_note} A number's policy honours opt-out keywords and a recipient "
+                "texted one (STOP, START families): nothing more is sent to them from that "
+                "number until they opt back in."
+            ),
+            "parameters": {"change": _ref("parameters", "change")},
+            "bindings": events,
+            "subscribe": {
+                "operationId": "sendPolicyEvent",
+                "summary": "smsbridge sends each opt-out and opt-in made by keyword.",
+                "bindings": _operation_binding(),
+                "message": _ref("messages", "PolicyEvent"),
+            },
+        },
     }
 
     return {
@@ -329,7 +363,10 @@ def build() -> dict[str, Any]:
                 "url": "{host}:{port}",
                 "protocol": "amqp",
                 "protocolVersion": "0.9.1",
-                "description": "The RabbitMQ broker of the configuration's `[broker] url`.",
+                "description": (
+                    "The RabbitMQ broker of the configuration's `[broker] url` (or any node of "
+                    "`[broker] urls`, a cluster)."
+                ),
                 "variables": {
                     "host": {"default": "127.0.0.1"},
                     "port": {"default": "5672"},

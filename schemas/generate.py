@@ -1,6 +1,8 @@
-"""Write the JSON Schemas and the AsyncAPI document generated from the models.
+"""Write the JSON Schemas, the AsyncAPI document and the OpenAPI document generated from the
+models.
 
-python -m schemas.generate          # (re)write schemas/json/*.schema.json, schemas/asyncapi.json
+python -m schemas.generate          # (re)write schemas/json/*.schema.json, schemas/asyncapi.json,
+                                    # schemas/openapi.json
 python -m schemas.generate --check  # exit 1, listing them, if any file is stale (for CI)
 """
 
@@ -15,13 +17,14 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from schemas import asyncapi
+from schemas import asyncapi, history
 from schemas.flowroute import CompactReceipt, CompactWebhook, JsonApiReceipt, JsonApiWebhook
-from schemas.messages import InboundMessage, OutboundRequest, StatusEvent
+from schemas.messages import InboundMessage, OutboundRequest, PolicyEvent, StatusEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 JSON_DIR = "schemas/json"
 ASYNCAPI_PATH = "schemas/asyncapi.json"
+OPENAPI_PATH = "schemas/openapi.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 # schemas/json/<name>.schema.json
@@ -29,6 +32,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "inbound_message": InboundMessage,
     "outbound_request": OutboundRequest,
     "status_event": StatusEvent,
+    "policy_event": PolicyEvent,
     "flowroute_webhook_jsonapi": JsonApiWebhook,
     "flowroute_webhook_compact": CompactWebhook,
     "flowroute_receipt_jsonapi": JsonApiReceipt,
@@ -46,13 +50,24 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def render() -> dict[str, bytes]:
-    """Every generated file: path relative to the repository root -> content."""
+    """The messaging contract's files (JSON Schemas, AsyncAPI): path relative to the
+    repository root -> content."""
     files = {
         f"{JSON_DIR}/{name}.schema.json": dumps(json_schema(model))
         for name, model in SCHEMAS.items()
     }
     files[ASYNCAPI_PATH] = dumps(asyncapi.build())
     return files
+
+
+def render_http() -> dict[str, bytes]:
+    """The console's history API: its OpenAPI document."""
+    return {OPENAPI_PATH: dumps(history.openapi())}
+
+
+def render_all() -> dict[str, bytes]:
+    """Every generated file (what `write` writes and `stale` checks)."""
+    return {**render(), **render_http()}
 
 
 def _orphans(root: Path, files: dict[str, bytes]) -> list[str]:
@@ -63,7 +78,7 @@ def _orphans(root: Path, files: dict[str, bytes]) -> list[str]:
 
 def stale(root: Path = ROOT) -> list[str]:
     """Paths (relative to `root`) that are missing, different or left over."""
-    files = render()
+    files = render_all()
     out = []
     for path, content in files.items():
         target = root / path
@@ -74,7 +89,7 @@ def stale(root: Path = ROOT) -> list[str]:
 
 def write(root: Path = ROOT) -> list[str]:
     """Write every generated file that changed and remove leftovers; return what changed."""
-    files = render()
+    files = render_all()
     changed = []
     for path, content in files.items():
         target = root / path
@@ -92,7 +107,8 @@ def write(root: Path = ROOT) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m schemas.generate",
-        description="Generate the JSON Schemas and the AsyncAPI document from the models.",
+        description="Generate the JSON Schemas, the AsyncAPI and the OpenAPI documents from the "
+        "models.",
     )
     parser.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if any file is stale"

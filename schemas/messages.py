@@ -1,4 +1,4 @@
-"""The messages smsbridge exchanges with PBX services (public contract v1).
+"""The messages smsbridge exchanges with PBX services (the public contract, v1.1).
 
 These models are the single source of truth: the JSON Schemas in `schemas/json/` and the
 AsyncAPI document are generated from them (`python -m schemas.generate`).
@@ -11,11 +11,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-INBOUND_MESSAGE_TYPE = "smsbridge.inbound_message.v1"
-OUTBOUND_REQUEST_TYPE = "smsbridge.outbound_request.v1"
-STATUS_TYPE = "smsbridge.status.v1"
+from schemas.names import (
+    INBOUND_MESSAGE_TYPE,
+    OUTBOUND_REQUEST_TYPE,
+    POLICY_TYPE,
+    STATUS_TYPE,
+)
+
+__all__ = [
+    "INBOUND_MESSAGE_TYPE",
+    "OUTBOUND_REQUEST_TYPE",
+    "POLICY_TYPE",
+    "STATUS_TYPE",
+    "InboundMessage",
+    "Keyword",
+    "MediaItem",
+    "OutboundRequest",
+    "PolicyEvent",
+    "Status",
+    "StatusEvent",
+]
 
 Status = Literal["sent", "delivered", "undelivered", "progress", "failed"]
+Keyword = Literal["stop", "start", "help"]
 
 
 class MediaItem(BaseModel):
@@ -47,6 +65,11 @@ class InboundMessage(BaseModel):
     received_at: datetime = Field(description="When the bridge accepted the webhook, UTC")
     media: list[MediaItem] = Field(default_factory=list)
     provider_attributes: dict[str, Any] = Field(default_factory=dict)
+    keyword: Keyword | None = Field(
+        default=None,
+        description="The opt-out keyword the body is (STOP, START or HELP families), when the "
+        "number's policy honours them; null otherwise",
+    )
 
 
 class OutboundRequest(BaseModel):
@@ -95,4 +118,21 @@ class StatusEvent(BaseModel):
     provider_status: str | None = None
     provider_status_code: str | int | None = None
     level: int | None = None
+    at: datetime
+    segments: int | None = Field(
+        default=None,
+        description="SMS segments of the message as carriers count them (GSM-7: 160, or 153 "
+        "per part; UCS-2: 70, or 67 per part; MMS: 1); set on every event of a sent message",
+    )
+
+
+class PolicyEvent(BaseModel):
+    """A recipient opted out of (or back in to) one of our numbers, by keyword (routing key
+    `policy.opted_out` / `policy.opted_in`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: str = Field(description="Our number, E.164 with +")
+    recipient: str = Field(description="Their number, E.164 with +")
+    keyword: Keyword = Field(description="The keyword family they texted: stop or start")
     at: datetime

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from aio_pika.robust_connection import RobustConnection
 from pamqp.commands import Basic
 from yarl import URL
@@ -27,12 +28,23 @@ from yarl import URL
 from smsbridge import topology
 from smsbridge.config import mask_url
 from smsbridge.logs import get_logger
+from smsbridge.waiting import MustWait
 
 log = get_logger(__name__)
 
+SLOW_CONFIRM_WARNING = 30.0  # seconds between warnings while a publish waits for its confirm
 
-class PublishFailed(Exception):
-    """The broker did not confirm the message as stored and routed: treat it as not stored."""
+
+class PublishFailed(MustWait):
+    """The broker did not confirm the message as stored and routed: treat it as not stored.
+
+    `in_doubt`: the message reached the broker but its confirm never came back (the connection
+    closed, or a bounded wait ran out): it may have been stored after all.
+    """
+
+    def __init__(self, reason: str, *, in_doubt: bool = False) -> None:
+        super().__init__(reason)
+        self.in_doubt = in_doubt
 
 
 class NodeRotation(RobustConnection):
@@ -41,8 +53,9 @@ class NodeRotation(RobustConnection):
 
     def __init__(self, nodes: Sequence[str], **kwargs: Any) -> None:
         self.nodes = [URL(n) for n in nodes]
-        self._next = 0
-        super().__init__(self.nodes[0], **kwargs)
+        # Components spread over the nodes, so one node's failure is not everyone's.
+        self._next = random.randrange(len(self.nodes))
+        super().__init__(self.nodes[self._next], **kwargs)
 
     # RobustConnection's reconnect loop calls its private __connect_transport on every attempt.
     async def _RobustConnection__connect_transport(self) -> None:
@@ -89,6 +102,9 @@ class Broker:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
+        self._channel_renewed = 0.0
+        self._retired: set[asyncio.Task[None]] = set()
+        self._renewing = asyncio.Lock()
         self._extra: list[Callable[[AbstractChannel], Awaitable[topology.Topology]]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -142,10 +158,41 @@ class Broker:
         )
         self._topology = await topology.declare(self._pub_channel)
         self._exchanges = dict(self._topology.exchanges)
+        self._exchanges[""] = self._pub_channel.default_exchange  # straight to a named queue
         for declare in self._extra:
             extra = await declare(self._pub_channel)
             self._topology.exchanges.update(extra.exchanges)
             self._topology.queues.update(extra.queues)
+
+    async def _renew_channel(self) -> None:
+        """Publish on a new channel from now on. RabbitMQ 3.10's quorum-queue client remembers,
+        per channel, the queue leader it first published to: a channel opened just after that
+        node died is nacked for every publish until the node is back (found by the cluster
+        fault test), while a channel opened later learns the new leader."""
+        async with self._renewing:
+            if time.monotonic() - self._channel_renewed < 1.0 or self._pub_conn is None:
+                return
+            self._channel_renewed = time.monotonic()
+            try:
+                channel = await self._pub_conn.channel(
+                    publisher_confirms=True, on_return_raises=False
+                )
+                exchanges = {
+                    name: await channel.get_exchange(name, ensure=False)
+                    for name in self._exchanges
+                    if name
+                }
+            except Exception as exc:
+                log.warning("could not open a new publishing channel", error=str(exc))
+                return
+            exchanges[""] = channel.default_exchange
+            old, self._pub_channel, self._exchanges = self._pub_channel, channel, exchanges
+            log.info("publishing on a new channel after a nack")
+            if old is not None:  # its publishes in flight still get their confirms
+                self._retired.add(asyncio.create_task(_close_later(old, 60.0)))
+                for task in list(self._retired):
+                    if task.done():
+                        self._retired.discard(task)
 
     async def _close_connections(self) -> None:
         for conn in (self._sub_conn, self._pub_conn):
@@ -156,6 +203,8 @@ class Broker:
         self._pub_channel = None
 
     async def close(self) -> None:
+        for task in self._retired:
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,10 +260,43 @@ class Broker:
         message: aio_pika.Message,
         timeout: float | None = None,
     ) -> float:
-        """Publish and wait for the broker's confirm; returns the confirm latency in seconds.
+        """Publish and wait at most `timeout` (default `publish_timeout`) for the broker's
+        confirm; returns the confirm latency in seconds. For callers that must answer in time
+        (the gateway answers 503 and Flowroute resends).
 
         Raises PublishFailed unless the message was acked *and* routed to a queue.
         """
+        return await self._publish(exchange, routing_key, message, timeout or self.publish_timeout)
+
+    async def deliver(self, exchange: str, routing_key: str, message: aio_pika.Message) -> float:
+        """Publish and wait for the broker's confirm for as long as the connection lives.
+
+        For workers. Under a memory or disk alarm the broker blocks the publishing connection
+        without closing it: the publish simply waits (with a warning now and then) instead of
+        timing out while the message may still be stored later, which would make a retry a
+        duplicate. When the connection closes meanwhile, PublishFailed(in_doubt=True).
+        """
+        task = asyncio.ensure_future(self._publish(exchange, routing_key, message, None))
+        waited = 0.0
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=SLOW_CONFIRM_WARNING)
+            if done:
+                return task.result()
+            waited += SLOW_CONFIRM_WARNING
+            log.warning(
+                "still waiting for the broker to confirm a publish (memory or disk alarm?)",
+                exchange=exchange,
+                routing_key=routing_key,
+                waited_seconds=waited,
+            )
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: aio_pika.Message,
+        timeout: float | None,
+    ) -> float:
         if not self.ready:
             raise PublishFailed("broker not connected")
         ex = self._exchanges.get(exchange)
@@ -222,15 +304,24 @@ class Broker:
             raise PublishFailed(f"unknown exchange {exchange}")
         started = time.perf_counter()
         try:
-            result = await ex.publish(
-                message, routing_key, mandatory=True, timeout=timeout or self.publish_timeout
-            )
+            result = await ex.publish(message, routing_key, mandatory=True, timeout=timeout)
         except TimeoutError:
-            raise PublishFailed("publish confirm timed out") from None
+            raise PublishFailed("publish confirm timed out", in_doubt=True) from None
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # nack (DeliveryError), channel closed, connection lost
-            raise PublishFailed(f"publish failed: {type(exc).__name__}: {exc}") from None
+        except DeliveryError as exc:  # a nack: the broker refused it (e.g. a full queue)
+            await self._renew_channel()
+            raise PublishFailed(f"publish refused by the broker: {exc}") from None
+        except Exception as exc:  # channel closed or connection lost before the confirm
+            raise PublishFailed(
+                f"publish failed: {type(exc).__name__}: {exc}", in_doubt=True
+            ) from None
         if not isinstance(result, Basic.Ack):
             raise PublishFailed("message returned unroutable")
         return time.perf_counter() - started
+
+
+async def _close_later(channel: AbstractChannel, delay: float) -> None:
+    await asyncio.sleep(delay)
+    with contextlib.suppress(Exception):
+        await channel.close()

@@ -341,6 +341,19 @@ class PolicyConfig(_Section):
         return out
 
 
+class MetricsConfig(_Section):
+    listen: str | None = Field(
+        default=None,
+        description="HOST:PORT on which every process (workers and console too) serves "
+        "Prometheus metrics at /metrics; the gateway also serves its own on its listener",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else GatewayConfig._listen(value)
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -403,6 +416,7 @@ class Config(_Section):
     inbound: InboundConfig = Field(default_factory=InboundConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     ledger: LedgerConfig | None = None
     console: ConsoleConfig | None = None
     providers: list[ProviderConfig] = Field(default_factory=list)
@@ -435,7 +449,7 @@ class Config(_Section):
                     f"policies[{i}].opt_out: opt-outs are kept in the ledger; add a [ledger] "
                     "section or set opt_out = false"
                 )
-        if self.console is not None and self.console.listen == self.gateway.listen:
+        if self.console is not None and _same_listener(self.console.listen, self.gateway.listen):
             problems.append("console.listen: must differ from gateway.listen (the public listener)")
         for i, number in enumerate(self.numbers):
             where = f"numbers[{i}]"
@@ -489,6 +503,16 @@ class Config(_Section):
     _by_number: dict[str, NumberConfig]
     _by_provider: dict[str, ProviderConfig]
     _by_prefix: dict[str, list[NumberConfig]]
+
+
+def _same_listener(one: str, other: str) -> bool:
+    """Would these HOST:PORT listeners clash (same port, and a host in common)?"""
+    host_one, _, port_one = one.rpartition(":")
+    host_other, _, port_other = other.rpartition(":")
+    anywhere = {"0.0.0.0", "::", "[::]", ""}
+    return port_one == port_other and (
+        host_one == host_other or host_one in anywhere or host_other in anywhere
+    )
 
 
 def mask_url(url: str) -> str:

@@ -1,12 +1,19 @@
 """structlog setup: JSON lines via orjson on stdout, console renderer on a terminal,
-per-message context through contextvars, and a processor that masks secrets."""
+per-message context through contextvars, and a processor that masks secrets.
+
+`Throttle` rate-limits lines that hostile input can produce at will (one warning per refused
+request): at most N per second per reason, then one summary line with the count suppressed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -100,3 +107,88 @@ def _render_str(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)  # type: ignore[no-any-return]
+
+
+@dataclass
+class _Window:
+    end: float
+    emitted: int = 0
+    suppressed: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Throttle:
+    """At most `per_second` lines per key in each one-second window.
+
+    ``if throttle.allow(key): log.warning(...)``. Lines over the limit are not written but
+    counted; when the window ends, one ``log lines suppressed`` warning gives the key and the
+    count (flushed by a timer on the running loop, else by the key's next line, or `flush()`).
+    Counting metrics is the caller's job and must not depend on `allow`.
+    """
+
+    MAX_KEYS = 1024  # keys are reasons (a small, fixed set); this only bounds a mistake
+
+    def __init__(
+        self,
+        per_second: int = 5,
+        *,
+        window: float = 1.0,
+        logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_second = per_second
+        self.window = window
+        self._log = logger if logger is not None else get_logger("smsbridge.logs")
+        self._clock = clock
+        self._windows: dict[str, _Window] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        current = self._windows.get(key)
+        if current is not None and now >= current.end:
+            self._close(key, current)
+            current = None
+        if current is None:
+            if len(self._windows) >= self.MAX_KEYS:
+                self.flush()
+            current = self._windows[key] = _Window(end=now + self.window)
+        if current.emitted < self.per_second:
+            current.emitted += 1
+            return True
+        current.suppressed += 1
+        if current.timer is None:
+            current.timer = self._schedule(current.end - now, key, current)
+        return False
+
+    def flush(self) -> None:
+        """Write the summary of every open window now (e.g. at shutdown)."""
+        for key, current in list(self._windows.items()):
+            self._close(key, current)
+
+    def _schedule(self, delay: float, key: str, current: _Window) -> asyncio.TimerHandle | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # no loop: the key's next line (or flush) writes the summary
+        return loop.call_later(max(delay, 0.0), self._expire, key, current)
+
+    def _expire(self, key: str, current: _Window) -> None:
+        current.timer = None
+        if self._windows.get(key) is current:
+            self._close(key, current)
+
+    def _close(self, key: str, current: _Window) -> None:
+        if self._windows.get(key) is current:
+            del self._windows[key]
+        if current.timer is not None:
+            current.timer.cancel()
+            current.timer = None
+        if current.suppressed:
+            self._log.warning(
+                "log lines suppressed",
+                key=key,
+                suppressed=current.suppressed,
+                written=current.emitted,
+                window_seconds=self.window,
+            )
+            current.suppressed = 0

@@ -6,11 +6,15 @@ Layout under ``root``::
     <key>.json     StoredMedia metadata (orjson)
     .tmp-<random>  a download in progress (never a valid key: keys contain no ".")
 
+A write that fails (a full disk: ``OSError`` ``ENOSPC``) leaves neither a temp file nor a
+half-committed item: the writer removes its temp file, and ``commit`` undoes its own steps.
+
 All methods do blocking disk I/O; async callers run them with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -98,7 +102,8 @@ class MediaStore:
 
         The data is fsynced before any rename so a crash never leaves a named but truncated
         file; the sidecar goes in first, and ``get`` needs both, so a reader never sees media
-        without metadata.
+        without metadata. On any error (e.g. ``ENOSPC``) whatever this call created is removed
+        before the error propagates; ``temp`` stays the caller's to remove.
         """
         media = StoredMedia(
             key=self.new_key(),
@@ -108,19 +113,28 @@ class MediaStore:
             sha256=sha256,
             stored_at=time.time(),
         )
-        _fsync_file(temp)
+        final = self.root / media.key
+        sidecar = self._sidecar(media.key)
         sidecar_temp = self.temp_path()
+        placed: list[Path] = []
         try:
+            _fsync_file(temp)
             with sidecar_temp.open("xb") as fh:
                 fh.write(orjson.dumps(dataclasses.asdict(media)))
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(sidecar_temp, self._sidecar(media.key))
+            os.replace(sidecar_temp, sidecar)
+            placed.append(sidecar)
+            os.replace(temp, final)
+            placed.append(final)
+            _fsync_dir(self.root)
         except BaseException:
-            sidecar_temp.unlink(missing_ok=True)
+            # A full disk (ENOSPC) or any other failure: nothing half-stored stays behind, not
+            # even a committed pair the caller will never hear of. The caller removes `temp`.
+            for path in (sidecar_temp, *reversed(placed)):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise
-        os.replace(temp, self.root / media.key)
-        _fsync_dir(self.root)
         return media
 
     def get(self, key: str) -> tuple[Path, StoredMedia] | None:

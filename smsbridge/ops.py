@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mimetypes
 import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import aiohttp
@@ -50,10 +54,37 @@ async def tail(
     return 0 if count is None or seen >= count else 1
 
 
-async def sandbox_post(sandbox_url: str, request: dict[str, Any]) -> int:
+async def sandbox_post(sandbox_url: str, request: dict[str, Any], media: Sequence[str] = ()) -> int:
+    """Make a running sandbox post an inbound webhook. Each of `media` that is a local file is
+    uploaded to the sandbox as it is (its type guessed from its name); any other name gets
+    invented content of the type its name suggests."""
+    base = sandbox_url.rstrip("/")
     async with aiohttp.ClientSession() as session:
-        url = sandbox_url.rstrip("/") + "/_sandbox/inbound"
-        async with session.post(url, json=request) as resp:
+        items: list[dict[str, Any]] = []
+        for name in media:
+            path = Path(name)
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            if not await asyncio.to_thread(path.is_file):
+                items.append({"name": path.name, "content_type": content_type})
+                continue
+            data = await asyncio.to_thread(path.read_bytes)
+            async with session.put(
+                f"{base}/_sandbox/media/{quote(path.name)}",
+                data=data,
+                headers={"Content-Type": content_type},
+            ) as resp:
+                stored = await resp.json()
+            items.append(
+                {
+                    "name": path.name,
+                    "content_type": content_type,
+                    "size": len(data),
+                    "url": stored["url"],
+                }
+            )
+        async with session.post(
+            f"{base}/_sandbox/inbound", json={**request, "media": items}
+        ) as resp:
             answer = await resp.json() if resp.status == 200 else {"error": await resp.text()}
     shown = {k: answer.get(k) for k in ("message_id", "status", "attempts", "error") if k in answer}
     print(orjson.dumps(shown).decode())
@@ -77,89 +108,30 @@ async def send(urls: str | list[str], request: dict[str, Any]) -> None:
         await broker.close()
 
 
-def _parked_view(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
-    headers = message.headers or {}
-    try:
-        body: Any = orjson.loads(message.body)
-    except orjson.JSONDecodeError:
-        body = message.body.decode("utf-8", "replace")
-    return {
-        "message_id": message.message_id,
-        "reason": headers.get(topology.H_REASON),
-        "stage": headers.get(topology.H_STAGE),
-        "parked_at": headers.get(topology.H_PARKED_AT),
-        "original_exchange": headers.get(topology.H_ORIGINAL_EXCHANGE),
-        "original_routing_key": headers.get(topology.H_ORIGINAL_KEY),
-        "body": body,
-    }
-
-
-_STAGE_ENTRY = {
-    "inbound": (topology.INTERNAL, topology.INBOUND_KEY),
-    "media": (topology.INTERNAL, topology.MEDIA_KEY),
-    "outbound": (topology.OUTBOUND, topology.SEND_KEY),
-}
-
-
-def _requeue_target(stage: str, message: aio_pika.abc.AbstractIncomingMessage) -> tuple[str, str]:
-    """Where a parked message first entered: our own headers when a worker parked it, the
-    broker's x-death record when the broker dead-lettered it, else the stage's entry."""
-    headers = message.headers or {}
-    exchange, key = headers.get(topology.H_ORIGINAL_EXCHANGE), headers.get(topology.H_ORIGINAL_KEY)
-    if isinstance(exchange, str) and exchange and isinstance(key, str) and key:
-        return exchange, key
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        death = deaths[0]
-        keys = death.get("routing-keys")
-        exchange = death.get("exchange")
-        if isinstance(exchange, str) and exchange and isinstance(keys, list) and keys:
-            return exchange, str(keys[0])
-    return _STAGE_ENTRY[stage]
-
-
 async def parked(
-    urls: str | list[str], stage: str, *, requeue: bool, ids: set[str] | None = None
+    urls: str | list[str],
+    stage: str,
+    *,
+    requeue: bool,
+    ids: set[str] | None = None,
+    before_requeue: Callable[[str], Awaitable[None]] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """List a parking queue, or re-queue its messages (all, or those in `ids`) to where they
-    were first published, with a clean slate of retry headers.
-
-    Listing takes every message without acking and lets the broker return them when the
-    channel closes, so it never loses one; re-queuing acks each only after its republish is
-    confirmed.
-    """
-    from smsbridge.broker import Broker, connect
+    """`smsbridge parked list|requeue`: the parking queue's messages (all, or those in `ids`),
+    after re-queuing them when `requeue` (see smsbridge/parking.py)."""
+    from smsbridge import parking
+    from smsbridge.broker import Broker
 
     broker = Broker(urls, "parked")
     await broker.start()
-    await broker.wait_connected(10)
-    connection = await connect(urls, "smsbridge-parked")
-    shown: list[dict[str, Any]] = []
     try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(topology.parked_queue(stage), ensure=False)
-        while (message := await queue.get(no_ack=False, fail=False, timeout=10)) is not None:
-            view = _parked_view(message)
-            if ids is not None and message.message_id not in ids:
-                continue  # left unacked: returned to the queue when the channel closes
-            shown.append(view)
-            if not requeue:
-                continue
-            exchange, key = _requeue_target(stage, message)
-            headers = {
-                k: v
-                for k, v in (message.headers or {}).items()
-                if not k.startswith("x-smsbridge-") and k not in ("x-death", "x-delivery-count")
-            }
-            again = topology.json_message(
-                message.body,
-                message_id=message.message_id or "",
-                type_=message.type,
-                headers=headers,
+        await broker.wait_connected(10)
+        if requeue:
+            done = await parking.requeue(
+                broker, stage, ids, before_requeue=before_requeue, progress=progress
             )
-            await broker.publish(exchange, key, again)
-            await message.ack()
+        else:
+            done = await parking.peek(broker, stage, ids=ids)
     finally:
-        await connection.close()
         await broker.close()
-    return shown
+    return [item.view() for item in done]

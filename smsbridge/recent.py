@@ -31,6 +31,11 @@ class RecentIds:
         """The value remembered with a done id (e.g. the provider's message id)."""
         return self._values.get(key) if self.done(key) else None
 
+    def values(self) -> set[str]:
+        """Every value remembered with an id that is still done."""
+        now = time.monotonic()
+        return {v for k, v in self._values.items() if self._done.get(k, 0.0) > now}
+
     def pending(self, key: str) -> asyncio.Future[bool] | None:
         """The outcome of the same id being handled right now, if it is."""
         return self._pending.get(key)

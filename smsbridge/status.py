@@ -1,4 +1,4 @@
-"""StatusEvents (CONTRACT §1): what happened to an OutboundRequest, for the PBX."""
+"""StatusEvents: what happened to an OutboundRequest, for the PBX."""
 
 from __future__ import annotations
 
@@ -29,11 +29,24 @@ def status_event(request_id: str, status: str, **fields: Any) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_UTC_Z)
 
 
-async def publish_status(broker: Broker, request_id: str, status: str, **fields: Any) -> None:
+async def publish_status(
+    broker: Broker,
+    request_id: str,
+    status: str,
+    *,
+    timeout: float | None = None,
+    **fields: Any,
+) -> None:
+    """Publish a StatusEvent, confirmed. Its message_id is the same for the same event, so a
+    PBX can drop a repeated one. `timeout`: wait at most this long for the confirm (the
+    gateway, which must answer); without it, wait as long as the connection lives."""
     message_id = f"{request_id}/{status}/{fields.get('attempts', 0)}/{fields.get('level')}"
     message = topology.json_message(
         status_event(request_id, status, **fields), message_id=message_id, type_=STATUS_TYPE
     )
-    PUBLISH_CONFIRM_SECONDS.labels("outbound").observe(
-        await broker.publish(topology.EVENTS, topology.status_key(status), message)
-    )
+    key = topology.status_key(status)
+    if timeout is None:
+        confirm = await broker.deliver(topology.EVENTS, key, message)
+    else:
+        confirm = await broker.publish(topology.EVENTS, key, message, timeout)
+    PUBLISH_CONFIRM_SECONDS.labels("outbound").observe(confirm)

@@ -1,10 +1,13 @@
 """Every exchange and queue smsbridge uses, declared in one place.
 
 Every component declares the whole topology idempotently at start, so any of them may start
-first. Public names (CONTRACT §1) are fixed; the rest is internal.
+first. Public names (the exchanges and message types PBX services use) are fixed; the rest is
+internal.
 
-    Flowroute -> gateway --internal:inbound--> smsbridge.inbound --resolver--> smsbridge.events
+    Flowroute -> gateway --internal:inbound--> smsbridge.inbound --resolver--> (journaled)
                         \\-internal:media--> smsbridge.media --media worker--/ (via inbound)
+    resolver --smsbridge.events.journaled--> smsbridge.events (PBX queues, or unroutable)
+                                        \\--> smsbridge.journal.inbound (a stream)
     PBX --smsbridge.outbound:send--> smsbridge.outbound.requests --outbound worker--> Flowroute
     any stage --parking:<stage>--> smsbridge.parked.<stage> (with the reason in headers)
 """
@@ -16,19 +19,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    ExchangeType,
+)
 
-# Public (CONTRACT §1).
-EVENTS = "smsbridge.events"
-OUTBOUND = "smsbridge.outbound"
-UNROUTABLE_QUEUE = "smsbridge.unroutable"
-SEND_KEY = "send"
+from schemas.names import EVENTS as EVENTS
+from schemas.names import OUTBOUND as OUTBOUND
+from schemas.names import SEND_KEY as SEND_KEY
+from schemas.names import UNROUTABLE_QUEUE as UNROUTABLE_QUEUE
+from schemas.names import inbound_key as inbound_key
+from schemas.names import policy_key as policy_key
+from schemas.names import status_key as status_key
+
+# Public names (what PBX services use) live in schemas/names.py, the contract's home; they
+# are imported above and used from here like the internal ones.
 
 # Internal.
 UNROUTABLE_AE = "smsbridge.unroutable.ae"
 INTERNAL = "smsbridge.internal"
 PARKING = "smsbridge.parking"
 RETRY = "smsbridge.retry"
+# InboundMessages are published here: it feeds smsbridge.events (whose alternate exchange still
+# keeps what no PBX queue takes) and the journal, a stream that tells, after a lost confirm,
+# whether a message was stored (see smsbridge/journal.py).
+JOURNALED = "smsbridge.events.journaled"
+JOURNAL_QUEUE = "smsbridge.journal.inbound"
+JOURNAL_ARGUMENTS = {
+    "x-queue-type": "stream",
+    "x-max-age": "7D",
+    "x-max-length-bytes": 2 * 1024**3,
+    "x-stream-max-segment-size-bytes": 64 * 1024**2,
+}
 
 INBOUND_QUEUE = "smsbridge.inbound"  # webhooks waiting for the resolver
 MEDIA_QUEUE = "smsbridge.media"  # MMS webhooks waiting for their media
@@ -41,8 +66,15 @@ MEDIA_KEY = "media"
 QUARANTINE_KEY = "quarantine"
 STAGES = ("inbound", "media", "outbound")
 
-# Redeliveries before the broker itself dead-letters a message that keeps crashing a worker.
+# The broker dead-letters a message returned this many times (RabbitMQ 3.10 counts every
+# return: nack-requeue, a channel or connection closing with it unacked, a consumer timeout).
 DELIVERY_LIMIT = 10
+# So that routine returns (restarts, blips) never use that up, a delivery returned this often
+# is republished as a fresh copy, its returns carried on in H_RETURNS...
+REFRESH_AT = 4
+# ... and a message returned this often in all without ever being settled is parked: it takes
+# its worker down each time (a crash loop), since handler errors are parked at once.
+MAX_RETURNS = 50
 
 # Every message header the bridge adds is namespaced.
 H_REASON = "x-smsbridge-reason"
@@ -50,18 +82,22 @@ H_STAGE = "x-smsbridge-stage"
 H_PARKED_AT = "x-smsbridge-parked-at"
 H_ORIGINAL_EXCHANGE = "x-smsbridge-original-exchange"
 H_ORIGINAL_KEY = "x-smsbridge-original-routing-key"
+H_RETURNS = "x-smsbridge-returns"  # returns of earlier copies (see REFRESH_AT)
+H_AUTO_REPLY = "x-smsbridge-auto-reply"  # an OutboundRequest answering a keyword (its family)
+AUTO_REPLY_PREFIX = "auto-"  # ... whose id is this prefix and the keyword message's id
+H_QUIET_NOTIFIED = "x-smsbridge-quiet-notified"  # status.progress "quiet hours" was published
+# What the broker adds on redelivery and dead-lettering; a fresh copy starts without them.
+BROKER_HEADERS = (
+    "x-delivery-count",
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+)
 
 
 def parked_queue(stage: str) -> str:
     return f"smsbridge.parked.{stage}"
-
-
-def inbound_key(destination: str | None) -> str:
-    return f"inbound.{destination}" if destination else "inbound.unrouted"
-
-
-def status_key(status: str) -> str:
-    return f"status.{status}"
 
 
 def work_queue_arguments(stage: str, **extra: Any) -> dict[str, Any]:
@@ -109,6 +145,9 @@ async def declare(channel: AbstractChannel) -> Topology:
     internal = await exchange(INTERNAL, ExchangeType.DIRECT)
     parking = await exchange(PARKING, ExchangeType.DIRECT)
     await exchange(RETRY, ExchangeType.HEADERS)
+    journaled = await exchange(JOURNALED, ExchangeType.FANOUT)
+    await topo.exchanges[EVENTS].bind(journaled)
+    await (await queue(JOURNAL_QUEUE, JOURNAL_ARGUMENTS)).bind(journaled)
 
     for stage in STAGES:
         await (await queue(parked_queue(stage), quorum)).bind(parking, stage)
@@ -147,6 +186,46 @@ def json_message(
         headers=headers,
         expiration=expiration,
     )
+
+
+def copy_message(
+    message: AbstractIncomingMessage, headers: dict[str, Any] | None = None
+) -> aio_pika.Message:
+    """A fresh, persistent copy of a delivered message: same body, id, type and headers
+    (without the broker's delivery bookkeeping), `headers` added."""
+    kept = {k: v for k, v in (message.headers or {}).items() if k not in BROKER_HEADERS}
+    kept.update(headers or {})
+    return aio_pika.Message(
+        message.body,
+        content_type=message.content_type or "application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        headers=kept,
+        timestamp=message.timestamp,
+    )
+
+
+# -- the ledger: status events to record --------------------------------------------------
+LEDGER_STATUS_QUEUE = "smsbridge.ledger.status"
+# History only: it must never hold up the events PBX services wait for, so when the ledger
+# lags this far behind the oldest records are dropped rather than publishes refused.
+LEDGER_STATUS_MAX = 200_000
+
+
+async def declare_ledger(channel: AbstractChannel) -> Topology:
+    """With a ledger: a copy of every status event, for the recorder (workers/recorder.py)."""
+    topo = Topology()
+    events = await channel.get_exchange(EVENTS, ensure=False)
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-max-length": LEDGER_STATUS_MAX,
+        "x-overflow": "drop-head",
+    }
+    queue = await channel.declare_queue(LEDGER_STATUS_QUEUE, durable=True, arguments=arguments)
+    await queue.bind(events, "status.#")
+    topo.queues[LEDGER_STATUS_QUEUE] = queue
+    return topo
 
 
 # -- outbound: one queue per provider account, and delay tiers for broker retries ---------

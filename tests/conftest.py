@@ -9,6 +9,7 @@ from smsbridge import logs
 from smsbridge.config import Config
 from smsbridge.sandbox import Sandbox
 from tests.harness import fresh_vhost, make_config
+from tests.pg import fresh_database
 
 logs.configure("warning", "json")
 
@@ -29,3 +30,10 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 @pytest.fixture
 def config(amqp_url: str, tmp_path: Path, sandbox: Sandbox) -> Config:
     return make_config(amqp_url, tmp_path / "media", api_url=sandbox.api_url)
+
+
+@pytest.fixture
+async def ledger_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database on the shared server, dropped afterwards."""
+    async with fresh_database() as url:
+        yield url

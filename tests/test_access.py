@@ -125,3 +125,18 @@ def test_forwarded_for_with_only_separators_falls_back_to_the_peer() -> None:
 
 def test_peer_none_has_no_client_ip() -> None:
     assert SourceCheck(FLOWROUTE, PROXIES).client_ip(None, "52.88.246.140") is None
+
+
+def test_every_forwarded_for_line_counts_in_order() -> None:
+    check = SourceCheck(FLOWROUTE, PROXIES)
+    # X-Forwarded-For sent twice: the client's own (forged) line, then the proxy's
+    lines = ["52.88.246.140", "203.0.113.9"]
+    assert check.client_ip("10.1.2.3", lines) == "203.0.113.9"
+    assert not check.allowed("10.1.2.3", lines)
+    # lines are one list: commas within a line and across lines alike
+    assert check.client_ip("10.1.2.3", ["203.0.113.9", "52.88.246.140, 10.0.0.7"]) == (
+        "52.88.246.140"
+    )
+    assert check.allowed("10.1.2.3", ["203.0.113.9", "52.88.246.140, 10.0.0.7"])
+    assert check.client_ip("10.1.2.3", []) == "10.1.2.3"
+    assert not check.allowed("10.1.2.3", [" , ", ""])

@@ -1,4 +1,5 @@
-"""Configuration (CONTRACT §3): parsing, `${VAR}` resolution, validation, masking, CLI check."""
+"""Configuration (docs/configuration.md): parsing, `${VAR}` resolution, validation, masking, CLI
+check."""
 
 from __future__ import annotations
 
@@ -439,3 +440,100 @@ def test_media_ports_default_to_http_and_https() -> None:
 def test_gateway_base_url_without_public_url_is_reachable() -> None:
     config = parse_config('[gateway]\nlisten = "0.0.0.0:8081"\n' + PROVIDER, env=ENV)
     assert config.gateway.base_url == "http://127.0.0.1:8081"
+
+
+# -- v1.1: cluster, ledger, console, policies -------------------------------------------------
+
+LEDGER = '\n[ledger]\nurl = "postgresql://smsbridge:${DB_PASSWORD}@db:5432/smsbridge"\n'
+ENV_11 = {**ENV, "DB_PASSWORD": "db-pa55-word-xyz", "CONSOLE_TOKEN": "console-token-0123456789abc"}
+
+
+def test_broker_urls_list_every_node_masked() -> None:
+    text = (
+        '[broker]\nurls = ["amqp://u:${BROKER_PASSWORD}@rmq1:5672/", '
+        '"amqp://u:${BROKER_PASSWORD}@rmq2:5672/"]\n' + GATEWAY + MEDIA + PROVIDER + NUMBER
+    )
+    config = parse_config(text, env=ENV)
+    assert config.broker.addresses() == [
+        f"amqp://u:{BROKER_PASSWORD}@rmq1:5672/",
+        f"amqp://u:{BROKER_PASSWORD}@rmq2:5672/",
+    ]
+    shown = json.dumps(masked(config))
+    assert BROKER_PASSWORD not in shown and "rmq2" in shown
+
+
+def test_broker_url_and_urls_together_are_refused() -> None:
+    text = '[broker]\nurl = "amqp://a/"\nurls = ["amqp://b/"]\n'
+    assert "set `url` or `urls`, not both" in config_error(text)
+
+
+def test_ledger_url_must_be_postgresql_and_is_masked() -> None:
+    assert "postgresql://" in config_error('[ledger]\nurl = "mysql://x@db/y"\n')
+    config = parse_config(FULL + LEDGER, env=ENV_11)
+    assert "db-pa55-word-xyz" not in json.dumps(masked(config))
+
+
+def test_console_needs_a_long_token_and_its_own_listener() -> None:
+    short = FULL + LEDGER + '\n[console]\ntoken = "short"\n'
+    assert "console.token" in config_error(short, ENV_11)
+    same = FULL + LEDGER + '\n[console]\nlisten = "127.0.0.1:8080"\ntoken = "${CONSOLE_TOKEN}"\n'
+    assert "console.listen" in config_error(same, ENV_11)
+    fine = FULL + LEDGER + '\n[console]\ntoken = "${CONSOLE_TOKEN}"\n'
+    assert "console-token-0123456789abc" not in json.dumps(masked(parse_config(fine, ENV_11)))
+
+
+POLICY = """
+[[policies]]
+name = "us-a2p"
+opt_out = true
+allowed_countries = ["us", "CA"]
+quiet_hours = { start = "21:00", end = "08:00", timezone = "America/New_York" }
+max_segments = 10
+"""
+
+
+def test_a_policy_is_parsed_and_referenced_by_its_numbers() -> None:
+    text = FULL.replace('policy = ""', 'policy = "us-a2p"') + LEDGER + POLICY
+    config = parse_config(text, env=ENV_11)
+    policy = config.policy_of(config.numbers[0])
+    assert policy is not None and policy.allowed_countries == ["US", "CA"]
+    assert policy.quiet_hours is not None and policy.quiet_hours.timezone == "America/New_York"
+
+
+def test_an_unknown_policy_is_an_error_naming_the_number() -> None:
+    text = FULL.replace('policy = ""', 'policy = "nope"') + LEDGER + POLICY
+    message = config_error(text, ENV_11)
+    assert "numbers[0].policy" in message and "+12025551234" in message and "'nope'" in message
+
+
+def test_opt_out_keywords_need_the_ledger() -> None:
+    text = FULL.replace('policy = ""', 'policy = "us-a2p"') + POLICY
+    assert "policies[0].opt_out" in config_error(text) and "[ledger]" in config_error(text)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ('start = "21:00"', 'start = "9pm"'),
+        ('timezone = "America/New_York"', 'timezone = "Mars/Olympus"'),
+        ('allowed_countries = ["us", "CA"]', 'allowed_countries = ["XX"]'),
+    ],
+)
+def test_bad_policy_values_are_errors(change: str, field: str) -> None:
+    text = FULL + LEDGER + POLICY.replace(change, field)
+    assert "policies[0]" in config_error(text, ENV_11)
+
+
+def test_config_check_prints_each_numbers_policy(tmp_path: Path) -> None:
+    path = tmp_path / "smsbridge.toml"
+    path.write_text(FULL.replace('policy = ""', 'policy = "us-a2p"') + LEDGER + POLICY)
+    done = subprocess.run(
+        [sys.executable, "-m", "smsbridge.cli", "--config", str(path), "config", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV_11},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "number +12025551234: policy us-a2p: STOP/START/HELP keywords" in done.stderr
+    assert "quiet hours 21:00-08:00 America/New_York" in done.stderr

@@ -15,11 +15,8 @@ import hashlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import aio_pika
 import aiohttp
 import orjson
 import prometheus_client
@@ -34,94 +31,24 @@ from tests.procs import (
     SlowAnswers,
     Tally,
     broker_outage,
+    close_connections,
     config_text,
     consumer_count,
+    declare_pbx_queue,
+    outbound_request,
     post,
+    post_load,
     publisher,
     queue_report,
-    rabbitmqctl,
+    read_pbx_queue,
+    sends_per_request,
+    sms_payloads,
     tallying,
     wait_for_consumer,
     wait_until,
 )
 
 ACCOUNT_QUEUE = topology.account_queue("flowroute")
-
-
-# -- a PBX service's durable queue (survives broker restarts) -------------------------------------
-
-PBX_QUEUE = "pbx.faults"
-
-
-async def declare_pbx_queue(amqp_url: str) -> None:
-    """A PBX service's durable quorum queue for every event: it outlives broker restarts."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        await topology.declare(channel)
-        queue = await channel.declare_queue(
-            PBX_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await queue.bind(topology.EVENTS, "#")
-
-
-async def read_pbx_queue(
-    amqp_url: str, done: Callable[[Tally], bool], timeout: float, settle: float = 1.5
-) -> Tally:
-    """Consume the PBX queue until `done(tally)`, then `settle` more seconds for late twins."""
-    async with listen(amqp_url, queue=PBX_QUEUE) as listener, tallying(listener) as tally:
-        await wait_until(lambda: done(tally), timeout)
-        await asyncio.sleep(settle)
-    return tally
-
-
-# -- loads ---------------------------------------------------------------------------------------
-
-Answer = tuple[int | str, float]
-
-
-def sms_payloads(n: int, tag: str) -> dict[str, bytes]:
-    out = {}
-    for i in range(n):
-        mid = f"mdr2-{uuid.uuid4().hex}"
-        out[mid] = orjson.dumps(
-            inbound_sms("12025551234", "12065550142", f"{tag} {i}", message_id=mid)
-        )
-    return out
-
-
-async def post_load(
-    session: aiohttp.ClientSession,
-    url: str,
-    payloads: dict[str, bytes],
-    interval: float,
-    resend: int = 5,
-) -> dict[str, list[Answer]]:
-    """Post each payload, `interval` apart, resending (like Flowroute) until a 200.
-    Returns each id's answers: (status, seconds it took)."""
-
-    async def one(i: int, mid: str, body: bytes) -> tuple[str, list[Answer]]:
-        await asyncio.sleep(i * interval)
-        answers: list[Answer] = []
-        for _ in range(resend):
-            status, elapsed = await post(session, url, body)
-            answers.append((status, elapsed))
-            if status == 200:
-                break
-            await asyncio.sleep(0.5)
-        return mid, answers
-
-    results = await asyncio.gather(*(one(i, m, b) for i, (m, b) in enumerate(payloads.items())))
-    return dict(results)
-
-
-def outbound_request(request_id: str) -> dict[str, Any]:
-    # The body names the request: the sandbox's records show each send of it.
-    return {"id": request_id, "to": "+12065550142", "extension": "100", "body": request_id}
-
-
-def sends_per_request(sandbox: Sandbox) -> Counter[str]:
-    return Counter(str(m.attributes.get("body")) for m in sandbox.messages)
 
 
 # -- 1. kill -9 of each worker kind in the middle of a load --------------------------------------
@@ -478,29 +405,13 @@ def handled(outcome: str) -> float:
     )
 
 
-async def close_connections(amqp_url: str, name: str) -> int:
-    """Close (server side) the vhost's connections whose client-provided name is `name`."""
-    vhost = amqp_url.rsplit("/", 1)[1]
-    out = await asyncio.to_thread(
-        rabbitmqctl, "list_connections", "pid", "vhost", "client_properties"
-    )
-    closed = 0
-    for line in out.splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 3 and fields[1] == vhost and f'"{name}"' in fields[2]:
-            await asyncio.to_thread(rabbitmqctl, "close_connection", fields[0], "fault test")
-            closed += 1
-    return closed
-
-
 async def test_status_sent_survives_losing_the_publishing_connection_after_a_send(
     amqp_url: str, tmp_path: Path, sandbox: Sandbox
 ) -> None:
     """Flowroute accepts the sends, then the outbound worker's publishing connection is lost
-    before it can publish status.sent: the redelivered requests are not sent again, and
-    their status.sent is still published."""
+    before it can publish status.sent: the requests are not sent again, and their
+    status.sent is still published (once the connection is back)."""
     ids = ["blip-0", "blip-1", "blip-2"]
-    requeued_before, duplicates_before = handled("requeued"), handled("duplicate")
     async with SlowAnswers(sandbox.api_url) as flowroute:
         flowroute.gate.clear()
         setup = Setup(
@@ -523,8 +434,6 @@ async def test_status_sent_survives_losing_the_publishing_connection_after_a_sen
             flowroute.gate.set()  # Flowroute's 202s arrive while the connection is down
             assert await wait_until(lambda: tally.ids("status.sent") >= set(ids), 30)
             await asyncio.sleep(1.0)
-    assert handled("requeued") > requeued_before, "the status publishes did fail"
-    assert handled("duplicate") >= duplicates_before + len(ids), "and were redelivered"
     assert sends_per_request(sandbox) == dict.fromkeys(ids, 1)
     for request_id in ids:
         event = StatusEvent.model_validate(tally.events[("status.sent", request_id)])

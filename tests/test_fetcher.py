@@ -19,6 +19,7 @@ from aiohttp import web
 from smsbridge.media_store import MediaStore
 from workers.fetcher import (
     AddressGuard,
+    ByteBudget,
     FetchError,
     FetchPolicy,
     MediaFetcher,
@@ -511,3 +512,36 @@ def test_address_guard_opt_in() -> None:
     assert guard.allows("fd12::1")
     assert not guard.allows("127.0.0.2")
     assert not guard.allows("10.0.0.1")
+
+
+async def test_byte_budget_is_shared_and_the_item_over_it_is_refused(
+    serve: ServeFn, make_fetcher: MakeFetcher, store: MediaStore
+) -> None:
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()  # no Content-Length: only counting can stop it
+        await resp.prepare(request)
+        try:
+            for _ in range(10):
+                await resp.write(b"\x01" * 10_000)
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+    server = await serve({"/a": chunked, "/b": chunked, "/declared": _bytes_handler(b"x" * 60_000)})
+    fetcher = await make_fetcher()
+    budget = ByteBudget(150_000)
+    stored = await fetcher.fetch(server.url("/a"), budget=budget)
+    assert stored.size == 100_000 and budget.used == 100_000
+    with pytest.raises(FetchError) as info:
+        await fetcher.fetch(server.url("/b"), budget=budget)
+    assert "exceed 150000 bytes" in info.value.reason and info.value.transient is False
+    assert budget.used == 100_000  # the refused item gave back what it had taken
+    with pytest.raises(FetchError):  # a declared size over what is left: refused up front
+        await fetcher.fetch(server.url("/declared"), budget=budget)
+    assert server.requests == 3  # not retried
+    # no partial file: only the stored item and its sidecar
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        [stored.key, f"{stored.key}.json"]
+    )

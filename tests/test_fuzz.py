@@ -331,7 +331,7 @@ def outbound_bodies(draw: st.DrawFn) -> tuple[str, Any]:
 
 
 def _expected_id(body: bytes, message_id: str) -> str:
-    """The id its status event must carry (CONTRACT §1: the request's id, else the AMQP
+    """The id its status event must carry (docs/contract.md: the request's id, else the AMQP
     message_id when the body has no usable one)."""
     try:
         doc = orjson.loads(body)
@@ -403,7 +403,7 @@ def test_fuzzed_outbound_requests_all_end_sent_or_failed(running: Running) -> No
         f"parked without a status={len(parked_only)}, sent and failed={len(both)}"
     )
     assert sent_good, "the outbound worker still sends"
-    # Every request ends sent or failed (CONTRACT §1), nothing merely parked; every failed
+    # Every request ends sent or failed (docs/contract.md), nothing merely parked; every failed
     # one is kept in the parking queue.
     assert missing == {}, list(missing.items())[:10]
     assert parked_only == set(), sorted(parked_only)[:10]

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -175,3 +179,53 @@ def test_purge_stale_temp_files_and_orphans(store: MediaStore) -> None:
     assert fresh.exists()  # younger than an hour: may still be written to
     assert not orphan.exists()
     assert unrelated.exists()
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs: a second, real filesystem (needs root to mount; skipped elsewhere)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_commit_that_fails_after_the_sidecar_leaves_nothing_behind(
+    tmp_path: Path, other_filesystem: Path
+) -> None:
+    """A real OSError half-way through commit: the data cannot be renamed into a store on
+    another filesystem (EXDEV) after the sidecar was already in place. Neither the sidecar
+    nor any temp file may stay behind; the caller's temp file is the caller's."""
+    store = MediaStore(other_filesystem / "media")
+    temp = tmp_path / "download"
+    temp.write_bytes(b"data")
+    with pytest.raises(OSError) as info:
+        store.commit(temp, content_type="image/png", file_name=None, size=4, sha256="0" * 64)
+    assert info.value.errno == errno.EXDEV
+    assert list(store.root.iterdir()) == []
+    assert temp.exists()
+
+
+def test_commit_on_a_full_disk_leaves_nothing_behind(other_filesystem: Path) -> None:
+    store = MediaStore(other_filesystem / "media")
+    filler = store.temp_path()
+    with filler.open("wb") as fh, pytest.raises(OSError) as full:
+        while True:  # fill the disk completely
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    assert full.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as info:
+        store.commit(filler, content_type="image/png", file_name=None, size=1, sha256="0" * 64)
+    assert info.value.errno == errno.ENOSPC  # the sidecar did not fit
+    assert [p.name for p in store.root.iterdir()] == [filler.name]  # only the caller's temp

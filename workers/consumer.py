@@ -1,11 +1,25 @@
 """What every worker shares: consume a queue, run one handler per delivery, and settle it.
 
 Acknowledgement policy, in one place:
-- the handler returns: its result was already published and confirmed -> ack;
+- the handler returns: its results were published and confirmed (and recorded) -> ack;
 - the handler raises `Park` (bad data) or anything unexpected (a bug) -> the message is
   published to its parking queue with the reason, confirmed, then acked; the worker carries on;
-- the handler raises `PublishFailed` (broker trouble) -> nack with requeue after a pause; the
-  broker's delivery limit dead-letters a message that never succeeds.
+- the handler raises `MustWait` (the broker cannot confirm our output, the ledger is away):
+  nothing is wrong with the message, so it is neither parked nor requeued. The delivery is
+  held and the handler runs again after a growing, capped pause, for as long as the delivery
+  is ours (its channel open, the worker not stopping);
+- the handler raises `DeliveryLost` (stopping, or the channel closed): it is given back.
+
+Two facts of RabbitMQ 3.10 and aiormq shape this:
+- `x-delivery-limit` counts every return of a delivery (nack-requeue, a channel or connection
+  closing with it unacked, the consumer timeout), so routine returns (restarts, network
+  blips) would park healthy messages. A delivery returned `REFRESH_AT` times is republished
+  as a fresh copy that carries the count on in a header; only `MAX_RETURNS` returns in all
+  (a message that takes its worker down every time) park it.
+- aiormq cancels the consumer tasks of a channel that closes. A handler cancelled between an
+  HTTP send (or a publish) and the record of its outcome cannot know what it did, so each
+  delivery is handled in a task of our own that runs to its end; its ack then fails and the
+  broker's redelivery finds the recorded outcome.
 """
 
 from __future__ import annotations
@@ -21,25 +35,17 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from smsbridge import envelope, topology
 from smsbridge.broker import Broker, PublishFailed
 from smsbridge.logs import get_logger
-from smsbridge.metrics import MESSAGES_HANDLED
+from smsbridge.metrics import DELIVERIES_HELD, MESSAGES_HANDLED
+from smsbridge.waiting import Backoff, MustWait
 
 log = get_logger(__name__)
-
-REQUEUE_WAIT_SECONDS = 60.0
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[str | None]]
 
 
 class DeliveryLost(Exception):
-    """The channel this delivery came on is gone: the broker will redeliver it (perhaps to
-    another replica), so stop working on it, and neither ack nor publish anything for it."""
-
-
-def channel_open(message: AbstractIncomingMessage) -> bool:
-    try:
-        return not message.channel.is_closed
-    except RuntimeError:  # aio-pika raises ChannelInvalidStateError for a closed channel
-        return False
+    """Give this delivery back: the worker is stopping, or the delivery's channel is gone (the
+    broker redelivers it, perhaps to another replica). Neither ack nor publish anything for it."""
 
 
 class Park(Exception):
@@ -50,30 +56,32 @@ class Park(Exception):
         self.reason = reason
 
 
+def channel_open(message: AbstractIncomingMessage) -> bool:
+    try:
+        return not message.channel.is_closed
+    except RuntimeError:  # aio-pika raises ChannelInvalidStateError for a closed channel
+        return False
+
+
+def int_header(message: AbstractIncomingMessage, name: str) -> int:
+    value = (message.headers or {}).get(name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def delivery_count(message: AbstractIncomingMessage) -> int:
     """How many times the broker delivered this message before (quorum queues count it)."""
-    value = (message.headers or {}).get("x-delivery-count", 0)
-    return int(value) if isinstance(value, int) else 0
+    return int_header(message, "x-delivery-count")
 
 
 async def park(broker: Broker, stage: str, message: AbstractIncomingMessage, reason: str) -> None:
-    headers: dict[str, Any] = dict(message.headers or {})
-    headers.update(
-        {
-            topology.H_REASON: reason[:1000],
-            topology.H_STAGE: stage,
-            topology.H_PARKED_AT: envelope.now_rfc3339(),
-            topology.H_ORIGINAL_EXCHANGE: message.exchange or "",
-            topology.H_ORIGINAL_KEY: message.routing_key or "",
-        }
-    )
-    parked = topology.json_message(
-        message.body,
-        message_id=message.message_id or "",
-        type_=message.type,
-        headers=headers,
-    )
-    await broker.publish(topology.PARKING, stage, parked)
+    headers: dict[str, Any] = {
+        topology.H_REASON: reason[:1000],
+        topology.H_STAGE: stage,
+        topology.H_PARKED_AT: envelope.now_rfc3339(),
+        topology.H_ORIGINAL_EXCHANGE: message.exchange or "",
+        topology.H_ORIGINAL_KEY: message.routing_key or "",
+    }
+    await broker.deliver(topology.PARKING, stage, topology.copy_message(message, headers))
 
 
 class Consumer:
@@ -89,6 +97,7 @@ class Consumer:
         prefetch: int,
         on_open: Callable[[], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        stop_timeout: float = 10.0,
     ) -> None:
         self.broker = broker
         self.queue_name = queue
@@ -100,8 +109,12 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
         self._on_open = on_open
         self._on_stop = on_stop
+        self.stop_timeout = stop_timeout
+        self._arguments: dict[str, Any] | None = None
+        self._held = DELIVERIES_HELD.labels(queue)
 
     async def start(self, arguments: dict[str, Any] | None = None) -> None:
         self._channel = await self.broker.consumer_channel(self.prefetch)
@@ -113,31 +126,46 @@ class Consumer:
         # A declared (not merely looked-up) queue is what the robust channel restores, with
         # its consumer, after a reconnect.
         self._queue = await self._channel.declare_queue(self.queue_name, passive=True)
+        self._arguments = arguments
         self._tag = await self._queue.consume(self._on_message, arguments=arguments)
         log.info("consuming", queue=self.queue_name, prefetch=self.prefetch)
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking deliveries, let those in flight finish, close the channel."""
+    async def pause(self) -> None:
+        """Stop taking new deliveries (the queue keeps them); those in flight go on."""
+        tag, self._tag = self._tag, None
+        if self._queue is not None and tag is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._queue.cancel(tag), 5)
+            log.info("consuming paused", queue=self.queue_name)
+
+    async def resume(self) -> None:
+        if self._queue is None or self._tag is not None or self._stopping.is_set():
+            return
+        self._tag = await self._queue.consume(self._on_message, arguments=self._arguments)
+        log.info("consuming resumed", queue=self.queue_name)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking deliveries, give back those that wait (for a rate slot, for the broker),
+        let the rest finish (at most `timeout` s, default `stop_timeout`), close the channel."""
+        self._stopping.set()
         if self._on_stop is not None:
             self._on_stop()
-        if self._queue is not None and self._tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+        await self.pause()
         if self._inflight:
-            await asyncio.wait(self._inflight, timeout=timeout)
+            await asyncio.wait(self._inflight, timeout=timeout or self.stop_timeout)
         if self._channel is not None:
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                await asyncio.wait_for(self._channel.close(), 5)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-        try:
-            await self.settle(message)
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+        # Returns at once: the delivery is handled in a task aiormq does not cancel.
+        task = asyncio.create_task(self.settle(message), name=f"deliver-{self.queue_name}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def settle(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.clear_contextvars()
@@ -146,46 +174,99 @@ class Consumer:
             queue=self.queue_name,
             attempt=delivery_count(message) + 1,
         )
+        if delivery_count(message) >= topology.REFRESH_AT and await self._refresh(message):
+            return
+        backoff = Backoff()
+        while True:
+            try:
+                outcome = await self.handler(message) or "published"
+            except Park as exc:
+                await self._park(message, exc.reason)
+                return
+            except DeliveryLost:
+                await self._give_back(message)
+                return
+            except MustWait as exc:
+                if await self._hold(message, backoff, exc):
+                    continue
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("handler failed; parking the message")
+                await self._park(message, f"internal error: {type(exc).__name__}: {exc}")
+                return
+            MESSAGES_HANDLED.labels(self.worker, outcome).inc()
+            await self._ack(message)
+            return
+
+    async def _hold(
+        self, message: AbstractIncomingMessage, backoff: Backoff, exc: Exception
+    ) -> bool:
+        """Keep a delivery while a dependency is away. False when it is no longer ours to hold
+        (its channel closed: the broker redelivers it; or we are stopping: given back)."""
+        if self._stopping.is_set():
+            await self._give_back(message)
+            return False
+        if not channel_open(message):
+            log.info("delivery's channel closed while it waited; the broker redelivers it")
+            return False
+        delay = backoff.next()
+        if backoff.attempts == 1:
+            log.warning("must wait; holding the delivery", reason=str(exc), retry_in=delay)
+        else:
+            log.debug("still waiting", reason=str(exc), retry_in=delay)
+        MESSAGES_HANDLED.labels(self.worker, "waited").inc()
+        self._held.inc()
+        # Wake early when we stop, or when the dependency says it is back.
+        wakers = [asyncio.ensure_future(self._stopping.wait())]
+        ready = getattr(exc, "ready", None)
+        if isinstance(ready, asyncio.Event):
+            wakers.append(asyncio.ensure_future(ready.wait()))
         try:
-            outcome = await self.handler(message) or "published"
-        except Park as exc:
-            await self._park(message, exc.reason)
-            return
-        except DeliveryLost:
-            log.info("delivery given back; the broker redelivers it")
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
-            return
+            await asyncio.wait(wakers, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waker in wakers:
+                waker.cancel()
+            self._held.dec()
+        return True
+
+    async def _refresh(self, message: AbstractIncomingMessage) -> bool:
+        """Republish a delivery that was returned often as a fresh copy (so its returns do not
+        reach the broker's delivery limit), then ack it. False: handle it as it is."""
+        returns = int_header(message, topology.H_RETURNS) + delivery_count(message)
+        if returns >= topology.MAX_RETURNS:
+            await self._park(
+                message,
+                f"returned {returns} times without being settled (does it stop the worker?)",
+            )
+            return True
+        copy = topology.copy_message(message, {topology.H_RETURNS: returns})
+        try:
+            await self.broker.publish("", self.queue_name, copy)
         except PublishFailed as exc:
-            log.warning("publish failed, message requeued", error=str(exc))
-            await self._requeue(message)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("handler failed; parking the message")
-            await self._park(message, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        MESSAGES_HANDLED.labels(self.worker, outcome).inc()
+            log.info("could not refresh a returned delivery; handling it as it is", error=str(exc))
+            return False
+        log.info("delivery returned often; it continues as a fresh copy", returns=returns)
+        MESSAGES_HANDLED.labels(self.worker, "refreshed").inc()
         await self._ack(message)
+        return True
 
     async def _park(self, message: AbstractIncomingMessage, reason: str) -> None:
-        try:
-            await park(self.broker, self.stage, message, reason)
-        except PublishFailed as exc:
-            log.warning("could not park, message requeued", reason=reason, error=str(exc))
-            await self._requeue(message)
-            return
+        backoff = Backoff()
+        while True:
+            try:
+                await park(self.broker, self.stage, message, reason)
+                break
+            except PublishFailed as exc:
+                if not await self._hold(message, backoff, exc):
+                    return
         log.warning("message parked", reason=reason, parked_in=topology.parked_queue(self.stage))
         MESSAGES_HANDLED.labels(self.worker, "parked").inc()
         await self._ack(message)
 
-    async def _requeue(self, message: AbstractIncomingMessage) -> None:
-        """Give a delivery back once the broker can take our output again: each requeue counts
-        towards the queue's delivery limit, so no quick loop that would dead-letter healthy
-        messages while the broker is away."""
-        MESSAGES_HANDLED.labels(self.worker, "requeued").inc()
-        await self.broker.wait_ready(REQUEUE_WAIT_SECONDS)
+    async def _give_back(self, message: AbstractIncomingMessage) -> None:
+        MESSAGES_HANDLED.labels(self.worker, "given_back").inc()
         with contextlib.suppress(Exception):
             await message.nack(requeue=True)
 

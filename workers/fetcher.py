@@ -13,6 +13,7 @@ ever contain it (see ``redact_url``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import socket
@@ -40,6 +41,7 @@ from smsbridge.media_store import DEFAULT_CONTENT_TYPE, MediaStore, StoredMedia,
 
 __all__ = [
     "AddressGuard",
+    "ByteBudget",
     "FetchError",
     "FetchPolicy",
     "MediaFetcher",
@@ -88,6 +90,38 @@ class FetchError(Exception):
 
     def __repr__(self) -> str:
         return f"FetchError({self.reason!r}, transient={self.transient})"
+
+
+class ByteBudget:
+    """The bytes one message's media may take on disk, all items together.
+
+    Shared by the message's concurrent downloads: each chunk is taken from it as it is written,
+    and a download that fails (or is refused for going over) gives back what it took, so the
+    budget counts what is actually stored.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self.used
+
+    def take(self, size: int) -> bool:
+        if size > self.remaining:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+
+    def over(self) -> FetchError:
+        return FetchError(
+            f"not stored: the message's media would exceed {self.limit} bytes in all",
+            transient=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -250,12 +284,18 @@ class MediaFetcher:
         await self.close()
 
     async def fetch(
-        self, url: str, *, file_name: str | None = None, declared_type: str | None = None
+        self,
+        url: str,
+        *,
+        file_name: str | None = None,
+        declared_type: str | None = None,
+        budget: ByteBudget | None = None,
     ) -> StoredMedia:
-        """Download ``url`` into the store.
+        """Download ``url`` into the store, within ``budget`` (the message's bytes) if given.
 
-        Raises FetchError for anything on the remote side (never an aiohttp error); an OSError
-        from the local disk passes through.
+        Raises FetchError for anything on the remote side (never an aiohttp error) and for an
+        item that would overrun the budget; an OSError from the local disk (ENOSPC...) passes
+        through. Either way no temp file is left behind.
         """
         if self._session is None:
             raise RuntimeError("MediaFetcher.start() was not called")
@@ -274,7 +314,7 @@ class MediaFetcher:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(session, start, file_name, declared_type)
+                return await self._attempt(session, start, file_name, declared_type, budget)
         raise AssertionError("unreachable: tenacity returns or reraises")
 
     def _wait(self, state: RetryCallState) -> float:
@@ -299,6 +339,7 @@ class MediaFetcher:
         url: URL,
         file_name: str | None,
         declared_type: str | None,
+        budget: ByteBudget | None = None,
     ) -> StoredMedia:
         """One attempt: follow redirects, then stream the body. Maps errors to FetchError.
 
@@ -306,7 +347,7 @@ class MediaFetcher:
         """
         try:
             async with asyncio.timeout(self._policy.total_timeout):
-                body = await self._download(session, url, declared_type)
+                body = await self._download(session, url, declared_type, budget)
         except FetchError:
             raise
         except TimeoutError:  # also aiohttp's ServerTimeoutError / ConnectionTimeoutError
@@ -330,6 +371,8 @@ class MediaFetcher:
             )
         except BaseException:
             _discard(body.temp)
+            if budget is not None:
+                budget.give_back(body.size)
             raise
 
     async def _download(
@@ -337,6 +380,7 @@ class MediaFetcher:
         session: aiohttp.ClientSession,
         url: URL,
         declared_type: str | None,
+        budget: ByteBudget | None = None,
     ) -> _Body:
         # Redirects are followed here, not by aiohttp, so each hop is checked before connecting.
         for _hop in range(self._policy.max_redirects + 1):
@@ -350,7 +394,7 @@ class MediaFetcher:
                 if served in _GENERIC_TYPES:
                     served = None  # S3 often says binary/octet-stream: Flowroute knows better
                 content_type = served or clean_content_type(declared_type) or DEFAULT_CONTENT_TYPE
-                return await self._read_body(resp, content_type)
+                return await self._read_body(resp, content_type, budget)
         raise FetchError(f"too many redirects (over {self._policy.max_redirects})", transient=False)
 
     def _check_url(self, url: URL) -> None:
@@ -388,16 +432,26 @@ class MediaFetcher:
         # 403 (expired pre-signed link), 404, other 4xx and odd 2xx/3xx: retrying cannot help.
         raise FetchError(f"HTTP {status}", transient=False)
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, content_type: str) -> _Body:
-        """Stream the body into a temp file of the store, hashing and counting on the way."""
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, content_type: str, budget: ByteBudget | None = None
+    ) -> _Body:
+        """Stream the body into a temp file of the store, hashing and counting on the way.
+
+        Each chunk is taken from ``budget`` before it is written; on any failure the temp file
+        is removed and the bytes are given back.
+        """
         max_bytes = self._policy.max_bytes
         too_large = FetchError(f"too large: over {max_bytes} bytes", transient=False)
         encoded = resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING, "identity") != "identity"
-        if not encoded and resp.content_length is not None and resp.content_length > max_bytes:
+        declared = None if encoded else resp.content_length
+        if declared is not None and declared > max_bytes:
             raise too_large  # declared size is the real size: refuse before reading a byte
+        if budget is not None and declared is not None and declared > budget.remaining:
+            raise budget.over()
         temp = self._store.temp_path()
         digest = hashlib.sha256()
         size = 0
+        taken = 0
         try:
             fh = await asyncio.to_thread(temp.open, "xb")
             try:
@@ -406,6 +460,10 @@ class MediaFetcher:
                     size += len(chunk)
                     if size > max_bytes:
                         raise too_large
+                    if budget is not None:
+                        if not budget.take(len(chunk)):
+                            raise budget.over()
+                        taken += len(chunk)
                     digest.update(chunk)
                     await asyncio.to_thread(fh.write, chunk)
             finally:
@@ -413,9 +471,13 @@ class MediaFetcher:
         except BaseException:
             # Synchronous on purpose: it must also run when the task is being cancelled.
             _discard(temp)
+            if budget is not None:
+                budget.give_back(taken)
             raise
         return _Body(temp=temp, content_type=content_type, size=size, sha256=digest.hexdigest())
 
 
 def _discard(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    # Never masks the error being handled (e.g. ENOSPC) with one from the cleanup.
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -3,12 +3,19 @@
 Flowroute's media links are pre-signed and expire, so each item is fetched at once, stored
 under an unguessable key, and replaced by the gateway's /media/<key> URL. An item that cannot
 be fetched gets `url: null` and an `error`; the message goes on to the resolver regardless.
+
+A webhook is untrusted, so one message's cost is bounded: at most `media.max_items` items are
+fetched (the rest get an error), `media.fetch_concurrency` at a time, and at most
+`media.max_message_bytes` are stored for all of them together (an item that would go over is
+refused and its partial file removed). A local storage error such as a full disk (`ENOSPC`)
+fails only that item, and leaves no partial or temp file behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -21,11 +28,12 @@ from smsbridge.logs import get_logger
 from smsbridge.media_store import MediaStore
 from smsbridge.metrics import MEDIA_FETCHES, MEDIA_PURGED, PUBLISH_CONFIRM_SECONDS
 from workers.consumer import Consumer, Park
-from workers.fetcher import FetchError, FetchPolicy, MediaFetcher, redact_url
+from workers.fetcher import ByteBudget, FetchError, FetchPolicy, MediaFetcher, redact_url
 
 log = get_logger(__name__)
 
 PURGE_EVERY_SECONDS = 3600.0
+FETCHED_KEPT = 1000  # fetched media kept for a forward that has to wait for the broker
 
 
 class MediaWorker:
@@ -48,6 +56,7 @@ class MediaWorker:
             log.warning("gateway.public_url is not set: media URLs use the listen address")
         self.media_base = f"{config.gateway.base_url}/media/"
         self._purger: asyncio.Task[None] | None = None
+        self._fetched: dict[str, list[dict[str, Any]]] = {}
         self._confirm = PUBLISH_CONFIRM_SECONDS.labels("media")
 
     async def start(self) -> None:
@@ -72,36 +81,72 @@ class MediaWorker:
             sms = parse_inbound(env.webhook, self.config.inbound.default_region)
         except (envelope.EnvelopeError, WebhookError) as exc:
             raise Park(f"unreadable webhook: {exc}") from None
-        media = list(await asyncio.gather(*(self.fetch(ref) for ref in sms.media)))
+        # Fetched once: when the forward must wait for the broker, the handler runs again.
+        media = self._fetched.get(sms.id)
+        if media is None:
+            media = self._fetched[sms.id] = await self.fetch_all(sms.media)
+            while len(self._fetched) > FETCHED_KEPT:  # of deliveries that went elsewhere
+                self._fetched.pop(next(iter(self._fetched)))
         forward = topology.json_message(
             env.with_media(media), message_id=sms.id, type_=envelope.TYPE
         )
         self._confirm.observe(
-            await self.broker.publish(topology.INTERNAL, topology.INBOUND_KEY, forward)
+            await self.broker.deliver(topology.INTERNAL, topology.INBOUND_KEY, forward)
         )
+        self._fetched.pop(sms.id, None)
         return "published"
 
-    async def fetch(self, ref: MediaRef) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "url": None,
-            "content_type": ref.content_type,
-            "file_name": ref.file_name,
-            "size": ref.size,
-            "sha256": None,
-            "error": None,
-        }
+    async def fetch_all(self, refs: Sequence[MediaRef]) -> list[dict[str, Any]]:
+        """Every item of one message, in order: the first `max_items` fetched, at most
+        `fetch_concurrency` at a time, within one `max_message_bytes` budget."""
+        settings = self.config.media
+        budget = ByteBudget(settings.max_message_bytes)
+        gate = asyncio.Semaphore(settings.fetch_concurrency)
+
+        async def one(ref: MediaRef) -> dict[str, Any]:
+            async with gate:
+                return await self.fetch(ref, budget)
+
+        wanted, rest = refs[: settings.max_items], refs[settings.max_items :]
+        items = list(await asyncio.gather(*(one(ref) for ref in wanted)))
+        if rest:
+            MEDIA_FETCHES.labels("over_item_limit").inc(len(rest))
+            log.warning(
+                "media items over the limit not fetched",
+                items=len(refs),
+                limit=settings.max_items,
+            )
+            reason = f"not fetched: over {settings.max_items} media items in one message"
+            items.extend(_item(ref, error=reason) for ref in rest)
+        return items
+
+    async def fetch(self, ref: MediaRef, budget: ByteBudget | None = None) -> dict[str, Any]:
+        item = _item(ref)
         if not ref.url:
             item["error"] = "no media URL in the webhook"
             MEDIA_FETCHES.labels("missing").inc()
             return item
         try:
             stored = await self.fetcher.fetch(
-                ref.url, file_name=ref.file_name, declared_type=ref.content_type
+                ref.url, file_name=ref.file_name, declared_type=ref.content_type, budget=budget
             )
         except FetchError as exc:
             MEDIA_FETCHES.labels("failed").inc()
             log.warning("media not fetched", url=redact_url(ref.url), reason=exc.reason)
             item["error"] = exc.reason
+            return item
+        except OSError as exc:
+            # The local disk (full, read-only, gone...): this item only; the fetcher removed
+            # its temp file. An operator's problem, so an error line, without a traceback.
+            MEDIA_FETCHES.labels("storage_error").inc()
+            detail = exc.strerror or type(exc).__name__
+            log.error(
+                "media not stored: local storage error",
+                url=redact_url(ref.url),
+                error=detail,
+                errno=exc.errno,
+            )
+            item["error"] = f"not stored: local storage error ({detail})"
             return item
         MEDIA_FETCHES.labels("stored").inc()
         item.update(
@@ -128,3 +173,14 @@ class MediaWorker:
             except Exception:
                 log.exception("media retention failed")
             await asyncio.sleep(PURGE_EVERY_SECONDS)
+
+
+def _item(ref: MediaRef, error: str | None = None) -> dict[str, Any]:
+    return {
+        "url": None,
+        "content_type": ref.content_type,
+        "file_name": ref.file_name,
+        "size": ref.size,
+        "sha256": None,
+        "error": error,
+    }

@@ -1,8 +1,13 @@
-"""Flowroute's send API (POST <api_url>/messages) and its error vocabulary.
+"""Flowroute's messages API (POST and GET <api_url>/messages) and its error vocabulary.
 
-Every answer is classified into a small vocabulary that drives what the outbound worker does:
-Sent (202), Transient (429, 5xx, connection errors, timeouts: retry), AuthFailure (401/403:
-hold the account), Permanent (any other 4xx: fail the request).
+Every answer to a send is classified into a small vocabulary that drives what the outbound
+worker does: Sent (202), Transient (429, 5xx, connection errors, timeouts: retry),
+AuthFailure (401/403: hold the account), Permanent (any other 4xx: fail the request).
+
+A Transient is `in_doubt` when Flowroute may have accepted the message although we never saw
+the 202 (a timeout, a connection lost after the request went out, a gateway timeout in front
+of Flowroute). Flowroute has no idempotency key, so such a send is never simply retried: it is
+first looked up in the account's message records (`find_sent`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import asyncio
 import base64
 import email.utils
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -40,9 +47,17 @@ class SendError(Exception):
 
 
 class Transient(SendError):
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        reason: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        *,
+        in_doubt: bool = False,
+    ):
         super().__init__(reason, status)
         self.retry_after = retry_after
+        self.in_doubt = in_doubt
 
 
 class AuthFailure(SendError):
@@ -113,6 +128,10 @@ class FlowrouteClient:
     def __repr__(self) -> str:  # never show the credentials
         return f"FlowrouteClient({self.url!r})"
 
+    def headers(self) -> dict[str, str]:
+        """Authentication and content type, for the account's other endpoints (callbacks)."""
+        return dict(self._headers)
+
     async def check_auth(self) -> None:
         """Are the keys accepted? Lists one message record (another endpoint than sending, so
         it never sends anything nor counts against the send rate). Raises AuthFailure."""
@@ -136,20 +155,91 @@ class FlowrouteClient:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except TimeoutError:
-            raise Transient("timeout waiting for Flowroute") from None
-        except aiohttp.ClientError as exc:  # incl. ServerDisconnectedError on a reused connection
+            raise Transient("timeout waiting for Flowroute", in_doubt=True) from None
+        except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
             raise Transient(f"connection error: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:  # the request may have gone out (and been accepted)
+            raise Transient(f"connection error: {type(exc).__name__}", in_doubt=True) from None
         except asyncio.CancelledError:
             raise
         if status in (200, 201, 202):
             try:
                 provider_id = orjson.loads(raw)["data"]["id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise Transient(f"HTTP {status} without a message id") from None
+                raise Transient(f"HTTP {status} without a message id", in_doubt=True) from None
             return Sent(str(provider_id))
         reason = error_detail(status, raw)
         if status == 429 or status >= 500:
-            raise Transient(reason, status, retry_after)
+            # A proxy's 502/504 may hide a send that reached Flowroute.
+            raise Transient(reason, status, retry_after, in_doubt=status in (502, 504))
         if status in (401, 403):
             raise AuthFailure(reason, status)
         raise Permanent(reason, status)
+
+    async def find_sent(
+        self,
+        attributes: dict[str, Any],
+        since: datetime,
+        until: datetime,
+        exclude: Collection[str] = (),
+    ) -> str | None:
+        """The id of an outbound message record in [since, until) with the same to, from and
+        body as `attributes` (what was POSTed), skipping ids in `exclude` (known to belong to
+        other requests); the earliest if several match. Raises Transient or AuthFailure when
+        the records cannot be read."""
+        params: dict[str, str] | None = {
+            "start_date": _rfc3339(since),
+            "end_date": _rfc3339(until),
+            "limit": "200",
+        }
+        url = self.url
+        found: list[tuple[str, str]] = []
+        for _page in range(1000):  # bounded: a runaway `next` link must not loop forever
+            try:
+                async with self.session.get(url, params=params, headers=self._headers) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise Transient(f"message records not readable: {type(exc).__name__}") from None
+            if status in (401, 403):
+                raise AuthFailure(error_detail(status, raw), status)
+            if status != 200:
+                raise Transient(f"message records: {error_detail(status, raw)}", status)
+            try:
+                page = orjson.loads(raw)
+                records = page["data"]
+                next_url = (page.get("links") or {}).get("next")
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise Transient("message records: unreadable answer") from None
+            for record in records if isinstance(records, list) else []:
+                match = _matching_record(record, attributes, exclude)
+                if match is not None:
+                    found.append(match)
+            if not next_url:
+                break
+            url, params = str(next_url), None
+        return min(found)[1] if found else None
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _matching_record(
+    record: Any, attributes: dict[str, Any], exclude: Collection[str]
+) -> tuple[str, str] | None:
+    """(timestamp, id) of a record that is the send of `attributes`, else None."""
+    if not isinstance(record, dict) or not isinstance(record.get("attributes"), dict):
+        return None
+    record_id = record.get("id")
+    found = record["attributes"]
+    if not isinstance(record_id, str) or record_id in exclude:
+        return None
+    if str(found.get("direction", "outbound")) != "outbound":
+        return None
+    for key in ("to", "from"):
+        if str(found.get(key) or "").lstrip("+") != str(attributes.get(key) or "").lstrip("+"):
+            return None
+    if (found.get("body") or "") != (attributes.get("body") or ""):
+        return None
+    return str(found.get("timestamp") or ""), record_id

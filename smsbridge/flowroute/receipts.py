@@ -6,6 +6,7 @@ only known words map to `delivered`/`undelivered`, everything else is `progress`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ _UNDELIVERED = (
     "expired",
     "deleted",
 )
+
+
+# Levels are small integers (0, 1, 2...): at most 9 ASCII digits is ample and always parses.
+_LEVEL = re.compile(r"[0-9]{1,9}")
 
 
 class ReceiptError(ValueError):
@@ -81,10 +86,20 @@ def parse_receipt(obj: Any) -> Receipt:
 
 
 def _int(value: object) -> int | None:
+    """A level as an int, or None when absent or not a number (kept lenient, as before).
+
+    A string of digits must be plain ASCII and at most 9 of them: "²" passes isdigit() but
+    int() refuses it, and int() refuses strings over 4,300 digits. Those are ReceiptError
+    (422), never an unhandled ValueError (500).
+    """
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _LEVEL.fullmatch(text):
+            return int(text)
+        if text.isdigit():
+            raise ReceiptError(f"level: not a plain number of at most 9 digits: {text[:20]!r}")
     return None

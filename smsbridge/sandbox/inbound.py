@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -39,7 +40,8 @@ def parse_media(item: InboundMedia | Mapping[str, Any]) -> InboundMedia:
     if isinstance(item, InboundMedia):
         return item
     name = item.get("name")
-    content_type = item.get("content_type", "image/jpeg")
+    guessed = mimetypes.guess_type(name)[0] if isinstance(name, str) else None
+    content_type = item.get("content_type", guessed or "application/octet-stream")
     size = item.get("size", 1024)
     url = item.get("url")
     if not isinstance(name, str) or not name or "/" in name:

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
+import socket
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -22,6 +26,8 @@ from smsbridge import topology
 from smsbridge.broker import Broker
 from smsbridge.config import Config
 from smsbridge.flowroute.client import FlowrouteClient
+from smsbridge.ledger import accounts, optouts
+from smsbridge.ledger.connection import Ledger
 from smsbridge.logs import get_logger
 from smsbridge.metrics import ACCOUNT_QUEUE_DEPTH
 from smsbridge.once import MemorySendClaims, SendClaims
@@ -37,21 +43,34 @@ __all__ = ["OutboundWorker"]
 log = get_logger(__name__)
 
 
+REPORT_EVERY = 5.0  # seconds between reports of the accounts' state to the ledger
+
+
 class OutboundWorker:
-    def __init__(self, config: Config, broker: Broker, claims: SendClaims | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        claims: SendClaims | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
         self.config = config
         self.broker = broker
+        self.ledger = ledger
         self.settings = config.outbound
         self.claims = claims or MemorySendClaims(ttl=self.settings.sent_ids_seconds)
-        self.intake = Intake(config, broker)
-        self.sender = Sender(
-            config, broker, self.claims, Delays(broker, self.settings.retry_delays)
-        )
+        self.intake = Intake(config, broker, self.claims)
+        delays = Delays(broker, self.settings.retry_delays)
+        opted_out = None
+        if ledger is not None:  # the opt-out list lives there
+            opted_out = functools.partial(optouts.is_opted_out, ledger)
+        self.sender = Sender(config, broker, self.claims, delays, opted_out)
         self.accounts: dict[str, Account] = {}
         self._consumers: dict[str, Consumer] = {}
         self._session: aiohttp.ClientSession | None = None
         self._depth_task: asyncio.Task[None] | None = None
         self._pausing: set[asyncio.Task[None]] = set()
+        self._report_task: asyncio.Task[None] | None = None
         broker.declare_also(self._declare)
 
     async def _declare(self, channel: AbstractChannel) -> topology.Topology:
@@ -79,6 +98,10 @@ class OutboundWorker:
             account.on_release = self._in_background(account.name, "resume")
             self.accounts[provider.name] = account
         self._depth_task = asyncio.create_task(self._watch_depth(), name="outbound-depth")
+        if self.ledger is not None:
+            self._report_task = asyncio.create_task(
+                self._report_accounts(self.ledger), name="outbound-accounts"
+            )
 
     def _in_background(self, account: str, action: str) -> Callable[[], None]:
         def run() -> None:
@@ -93,10 +116,11 @@ class OutboundWorker:
         return run
 
     async def close(self) -> None:
-        if self._depth_task is not None:
-            self._depth_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._depth_task
+        for task in (self._depth_task, self._report_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for account in self.accounts.values():
             await account.close()
         if self._session is not None:
@@ -129,6 +153,32 @@ class OutboundWorker:
             return await self.sender.handle(account, message)
 
         return handle
+
+    async def _report_accounts(self, ledger: Ledger) -> None:
+        """For the console: each account this replica is sending for (or holding)."""
+        reporter = f"{socket.gethostname()}:{os.getpid()}"
+        was_held: set[str] = set()
+        while True:
+            await asyncio.sleep(REPORT_EVERY)
+            for account in self.accounts.values():
+                counts = account.last_minute.counts()
+                if not (account.held or counts or account.name in was_held):
+                    continue  # a standby replica: the active one reports
+                if account.held:
+                    was_held.add(account.name)
+                else:
+                    was_held.discard(account.name)
+                held = account.held_since
+                with contextlib.suppress(Exception):
+                    await accounts.report(
+                        ledger,
+                        account.name,
+                        held_since=datetime.fromtimestamp(held, UTC) if held else None,
+                        held_reason=account.held_reason,
+                        sent_last_minute=counts["sent"],
+                        rate_limited_last_minute=counts["rate_limited"],
+                        reporter=reporter,
+                    )
 
     async def _watch_depth(self) -> None:
         while True:

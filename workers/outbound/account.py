@@ -10,6 +10,7 @@ when they work again the consumer resumes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -26,11 +27,27 @@ from workers.outbound.ratelimit import SlidingWindowLimiter
 
 log = get_logger(__name__)
 
-HOLD_BACKOFF_MAX = 60.0  # seconds between key probes, at most
+HOLD_BACKOFF_MAX = 30.0  # seconds between key probes, at most
 
 
 class AccountHeld(Exception):
     """The account was held while this request waited for its turn: it was not sent."""
+
+
+class LastMinute:
+    """How many sends (and 429s) an account had over the last minute."""
+
+    def __init__(self) -> None:
+        self._events: collections.deque[tuple[float, str]] = collections.deque()
+
+    def add(self, outcome: str) -> None:
+        self._events.append((time.monotonic(), outcome))
+
+    def counts(self) -> collections.Counter[str]:
+        horizon = time.monotonic() - 60
+        while self._events and self._events[0][0] < horizon:
+            self._events.popleft()
+        return collections.Counter(outcome for _, outcome in self._events)
 
 
 @dataclass
@@ -42,6 +59,8 @@ class Account:
     on_hold: Callable[[], None] = lambda: None
     on_release: Callable[[], None] = lambda: None
     held_since: float | None = None  # epoch seconds
+    held_reason: str | None = None
+    last_minute: LastMinute = field(default_factory=LastMinute)
     draining: bool = False  # shutting down: give deliveries back instead of sending them
     fresh: bool = True  # no delivery yet since our consumer (re)opened
     # Set while waiters for a slot must stop waiting: draining, or held.
@@ -85,6 +104,7 @@ class Account:
         if self.held:
             return
         self.held_since = time.time()
+        self.held_reason = exc.reason
         self.interrupt.set()
         ACCOUNT_HELD.labels(self.name).set(1)
         log.error(
@@ -119,6 +139,7 @@ class Account:
             return
         log.warning("provider account keys work again; sending resumed", account=self.name)
         self.held_since = None
+        self.held_reason = None
         ACCOUNT_HELD.labels(self.name).set(0)
         if not self.draining:
             self.interrupt.clear()

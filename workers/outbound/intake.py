@@ -2,13 +2,16 @@
 becomes a send job on its provider account's queue.
 
 It validates the request against the contract's rules, picks the sending number (from `from`,
-or from `extension` through the numbers' `source` lists), normalizes `to`, and refuses locally
-an MMS that Flowroute would refuse for its size when the size is known. An invalid request
-gets `status.failed` with a readable reason and is parked.
+or from `extension` through the numbers' `source` lists), normalizes `to`, refuses locally
+an MMS that Flowroute would refuse for its size when the size is known, and applies the
+number's policy (rules.py: smart quotes, segments, destination country). An invalid request
+gets `status.failed` with a readable reason and is parked; a request the policy blocks gets
+`status.failed` naming the rule and is acked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import NoReturn
 
@@ -20,11 +23,17 @@ from schemas.messages import OutboundRequest
 from smsbridge import topology
 from smsbridge.broker import Broker
 from smsbridge.config import Config, NumberConfig
+from smsbridge.logs import get_logger
 from smsbridge.media_store import MediaStore
+from smsbridge.metrics import POLICY_BLOCKED, QUOTES_REPLACED, SEGMENTS_SAVED
+from smsbridge.once import SendClaims
 from smsbridge.phone import NumberError, to_e164
 from smsbridge.status import publish_status
 from workers.consumer import Park
 from workers.outbound import job as jobs
+from workers.outbound import rules
+
+log = get_logger(__name__)
 
 MMS_MAX_BYTES = 767_840  # Flowroute's limit for all media of one MMS, text included
 
@@ -39,9 +48,10 @@ def now_ms() -> int:
 
 
 class Intake:
-    def __init__(self, config: Config, broker: Broker) -> None:
+    def __init__(self, config: Config, broker: Broker, claims: SendClaims) -> None:
         self.config = config
         self.broker = broker
+        self.claims = claims
         self.region = config.outbound.default_region
         self.media_store = MediaStore(config.media.dir)
         gw = config.gateway
@@ -61,6 +71,19 @@ class Intake:
             await fail(self.broker, request_id, f"invalid request: {_validation_reason(exc)}", 0)
         except Invalid as exc:
             await fail(self.broker, request_id, f"invalid request: {exc}", 0)
+        auto_reply = (message.headers or {}).get(topology.H_AUTO_REPLY)
+        if isinstance(auto_reply, str) and job.id.startswith(topology.AUTO_REPLY_PREFIX):
+            job = dataclasses.replace(job, auto_reply=auto_reply)  # the bridge's own reply
+        blocked = rules.refusal(job.to, job.segments, self.config.policy_of(self._number(job)))
+        if blocked is not None:
+            POLICY_BLOCKED.labels(blocked.rule).inc()
+            await self.claims.blocked(job.id, job.history(), blocked.reason)
+            await publish_status(
+                self.broker, job.id, "failed", reason=blocked.reason, segments=job.segments
+            )
+            return "blocked"
+        # Recorded before it is queued: its sender finds it in the history.
+        await self.claims.queued(job.id, job.history())
         headers = {topology.H_FIRST_SEEN: now_ms(), topology.H_ATTEMPTS: 0}
         queued = topology.json_message(
             job.to_json(), message_id=job.id, type_=jobs.TYPE, headers=headers
@@ -77,15 +100,30 @@ class Intake:
             raise Invalid(f"'to': {exc}") from None
         if request.media_urls:
             self._check_media_size(request)
+        policy = self.config.policy_of(number)
+        prepared = rules.prepare(request.body, bool(request.media_urls), policy)
+        if prepared.quotes_replaced:
+            log.info(
+                "typographic quotes replaced",
+                characters=prepared.quotes_replaced,
+                segments_saved=prepared.segments_saved,
+                policy=policy.name if policy else None,
+            )
+            QUOTES_REPLACED.inc(prepared.quotes_replaced)
+            SEGMENTS_SAVED.inc(max(prepared.segments_saved, 0))
         return jobs.SendJob(
             id=request.id,
             account=number.provider,
             to=to,
             from_=number.number,
-            body=request.body,
+            body=prepared.body,
             media_urls=request.media_urls,
             extension=request.extension,
+            segments=prepared.segments,
         )
+
+    def _number(self, job: jobs.SendJob) -> NumberConfig | None:
+        return self.config.number(job.from_)
 
     def _sending_number(self, request: OutboundRequest) -> NumberConfig:
         if request.from_:
@@ -118,9 +156,13 @@ class Intake:
             raise Invalid(f"MMS media over Flowroute's {MMS_MAX_BYTES}-byte limit ({total} bytes)")
 
 
-async def fail(broker: Broker, request_id: str, reason: str, attempts: int) -> NoReturn:
+async def fail(
+    broker: Broker, request_id: str, reason: str, attempts: int, segments: int | None = None
+) -> NoReturn:
     """Publish status.failed (confirmed), then park the message with the same reason."""
-    await publish_status(broker, request_id, "failed", reason=reason, attempts=attempts)
+    await publish_status(
+        broker, request_id, "failed", reason=reason, attempts=attempts, segments=segments
+    )
     raise Park(reason)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from smsbridge.once import OutboundHistory
+
 TYPE = "smsbridge.internal.send.v1"
 
 
@@ -28,10 +30,17 @@ class SendJob:
     body: str | None
     media_urls: list[str] = field(default_factory=list)
     extension: str | None = None  # who asked (history, policies)
+    segments: int = 1  # as carriers count them (an MMS is 1)
+    auto_reply: str | None = None  # the keyword family it answers, for a bridge's own reply
 
     @property
     def is_mms(self) -> bool:
         return bool(self.media_urls)
+
+    def history(self) -> OutboundHistory:
+        return OutboundHistory(
+            self.account, self.from_, self.to, self.body, self.media_urls, self.extension
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -43,6 +52,8 @@ class SendJob:
                 "body": self.body,
                 "media_urls": self.media_urls,
                 "extension": self.extension,
+                "segments": self.segments,
+                "auto_reply": self.auto_reply,
             }
         )
 
@@ -59,8 +70,10 @@ class SendJob:
                 body=data.get("body"),
                 media_urls=[str(u) for u in media],
                 extension=data.get("extension"),
+                segments=int(data.get("segments") or 1),
+                auto_reply=data.get("auto_reply"),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BadJob(f"unreadable send job: {exc}") from None
         if job.body is not None and not isinstance(job.body, str):
             raise BadJob("unreadable send job: body is not a string")

@@ -5,11 +5,13 @@ For each job, read top to bottom:
 1. claim the request id (`SendClaims`): sent before -> publish its `status.sent` again (the same
    event) and stop; failed for good -> stop; an earlier attempt's outcome unknown -> look it
    up in Flowroute's message records before anything is sent again;
-2. wait for the account's next rate slot (attempts, retries included, never exceed its limit);
-3. record the attempt, POST it, retry quick transient failures (tenacity), and record the
+2. the number's policy (rules.py): a recipient who opted out blocks it (`status.failed`, acked),
+   quiet hours send it to a delay queue until they end (`status.progress` "quiet hours");
+3. wait for the account's next rate slot (attempts, retries included, never exceed its limit);
+4. record the attempt, POST it, retry quick transient failures (tenacity), and record the
    outcome: sent, failed (any other 4xx), or later (a delay queue: transient failures after
    the quick retries, until `max_age_seconds`);
-4. publish the status event; the consumer acks.
+5. publish the status event (with the message's `segments`); the consumer acks.
 
 401/403 hold the account (see account.py). Nothing here holds a delivery for long: every wait
 goes to a delay queue (delays.py).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +34,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from smsbridge import receipt_token, topology
+from smsbridge import clock, receipt_token, topology
 from smsbridge.broker import Broker
 from smsbridge.config import Config
 from smsbridge.flowroute.client import (
@@ -43,11 +46,12 @@ from smsbridge.flowroute.client import (
     message_body,
 )
 from smsbridge.logs import get_logger
-from smsbridge.metrics import SEND_RETRIES, SEND_SECONDS, SENDS
-from smsbridge.once import SendClaim, SendClaims
+from smsbridge.metrics import POLICY_BLOCKED, SEND_RETRIES, SEND_SECONDS, SENDS
+from smsbridge.once import ClaimLost, SendClaim, SendClaims
 from smsbridge.status import publish_status
 from smsbridge.waiting import Backoff, MustWait
-from workers.consumer import Park, int_header
+from workers.consumer import DeliveryLost, Park, int_header
+from workers.outbound import rules
 from workers.outbound.account import Account, AccountHeld
 from workers.outbound.delays import Delays
 from workers.outbound.intake import fail, now_ms
@@ -74,12 +78,24 @@ class _Open:
     closed: bool = False
 
 
+OptOutCheck = Callable[[str, str], Awaitable[bool]]  # (our number, recipient) -> opted out?
+
+
 class Sender:
-    def __init__(self, config: Config, broker: Broker, claims: SendClaims, delays: Delays) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        claims: SendClaims,
+        delays: Delays,
+        opted_out: OptOutCheck | None = None,
+    ) -> None:
+        self.config = config
         self.settings = config.outbound
         self.broker = broker
         self.claims = claims
         self.delays = delays
+        self.opted_out = opted_out
         gw = config.gateway
         self._dlr_base = f"{gw.public_url}/{gw.dlr_path}/" if gw.public_url else None
         self._dlr_secret = gw.dlr_secret.get_secret_value().encode() if gw.dlr_secret else None
@@ -93,16 +109,30 @@ class Sender:
         if account.held:
             await self._later(message, account, HELD_WAIT, "account held")
             return "held"
-        claim = await self.claims.claim(job.id)
+        claim = await self.claims.claim(job.id, job.history())
         if claim.provider_id is not None:
             # Sent before (a redelivery, or the PBX published the id twice): never again, but
             # make sure its status.sent was published (the same event, message_id included).
             await self._status_sent(job, claim.provider_id, claim.attempts)
             return "duplicate"
         if claim.settled:
+            # Failed or blocked before: the PBX hears it again (a request id is used once).
+            reason = claim.reason or "this request id failed or was blocked before"
+            await publish_status(
+                self.broker,
+                job.id,
+                "failed",
+                reason=reason,
+                attempts=claim.attempts,
+                segments=job.segments,
+            )
             return "duplicate"
         work = _Open(claim, claim.in_doubt_since)
         try:
+            if work.in_doubt_since is None:  # else it may be sent already: look it up first
+                waiting = await self._policy(account, message, job, work)
+                if waiting is not None:
+                    return waiting
             return await self._send(account, message, job, work)
         finally:
             if not work.closed:
@@ -110,6 +140,41 @@ class Sender:
                     await self.claims.released(claim, work.in_doubt_since)
                 except MustWait as exc:  # its lease runs out instead: in doubt, looked up
                     log.warning("claim not released", error=str(exc))
+
+    async def _policy(
+        self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
+    ) -> str | None:
+        """The number's policy before a send (rules.py): a recipient who opted out blocks it,
+        quiet hours make it wait. None: go ahead."""
+        policy = self.config.policy_of(self.config.number(job.from_))
+        if policy is None or job.auto_reply is not None:
+            return None
+        if (
+            policy.opt_out
+            and self.opted_out is not None
+            and await self.opted_out(job.from_, job.to)
+        ):
+            refusal = rules.opted_out(job.from_, job.to, policy)
+            POLICY_BLOCKED.labels(refusal.rule).inc()
+            await self._settle(work, "blocked", refusal.reason, 0)
+            await publish_status(
+                self.broker, job.id, "failed", reason=refusal.reason, segments=job.segments
+            )
+            return "blocked"
+        now = clock.now()
+        until = rules.quiet_hours_end(policy, now)
+        if until is None:
+            return None
+        if not int_header(message, topology.H_QUIET_NOTIFIED):
+            await publish_status(
+                self.broker, job.id, "progress", reason="quiet hours", segments=job.segments
+            )
+        wait = (until - now).total_seconds()
+        await self._later(
+            message, account, wait, "quiet hours", extra={topology.H_QUIET_NOTIFIED: 1}
+        )
+        log.info("quiet hours: the request waits", until=until.isoformat(), seconds=round(wait))
+        return "quiet_hours"
 
     async def _send(
         self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
@@ -136,7 +201,9 @@ class Sender:
             return "held"
         except Permanent as exc:
             await self._settle(work, "failed", f"Flowroute refused: {exc.reason}", exc.attempts)
-            await fail(self.broker, job.id, f"Flowroute refused: {exc.reason}", exc.attempts)
+            await fail(
+                self.broker, job.id, f"Flowroute refused: {exc.reason}", exc.attempts, job.segments
+            )
         except Transient as exc:
             if work.in_doubt_since is not None:
                 await self._later(
@@ -168,13 +235,17 @@ class Sender:
             with attempt:
                 await account.slot(job.is_mms, message)
                 attempts += 1
-                await self.claims.attempting(work.claim, attempts)
+                try:
+                    await self.claims.attempting(work.claim, attempts)
+                except ClaimLost:
+                    raise DeliveryLost() from None
                 work.in_doubt_since = datetime.now(UTC)
                 started = time.perf_counter()
                 try:
                     sent = await account.client.send(payload)
                 except SendError as exc:
                     SENDS.labels(account.name, _outcome(exc)).inc()
+                    account.last_minute.add(_outcome(exc))
                     exc.attempts = attempts
                     if not (isinstance(exc, Transient) and exc.in_doubt):
                         work.in_doubt_since = None  # refused: surely not accepted
@@ -185,14 +256,15 @@ class Sender:
                 finally:
                     SEND_SECONDS.labels(account.name).observe(time.perf_counter() - started)
                 SENDS.labels(account.name, "sent").inc()
+                account.last_minute.add("sent")
         return sent, attempts
 
     async def _look_up(
         self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
     ) -> str | None:
         """Settle an in-doubt send against Flowroute's records: its provider id if it was
-        accepted, False if it was not, None if that cannot be told yet (the request then
-        waits in a delay queue)."""
+        accepted, None if it was not. Raises _LookUpLater when that cannot be told yet (the
+        request was sent to a delay queue)."""
         since = work.in_doubt_since
         assert since is not None
         due = since.timestamp() + self.settings.reconcile_after - time.time()
@@ -205,7 +277,7 @@ class Sender:
                 attributes["data"]["attributes"],
                 since - RECORDS_MARGIN,
                 datetime.now(UTC) + RECORDS_MARGIN,
-                exclude=self.claims.known_provider_ids(),
+                exclude=await self.claims.known_provider_ids(since - RECORDS_MARGIN),
             )
         except AuthFailure as exc:
             account.hold(exc)
@@ -232,7 +304,7 @@ class Sender:
         if age + delay > self.settings.max_age_seconds:
             reason = f"gave up after {exc.attempts} attempts over {age:.0f} s: {exc.reason}"
             await self._settle(work, "failed", reason, exc.attempts)
-            await fail(self.broker, job.id, reason, exc.attempts)
+            await fail(self.broker, job.id, reason, exc.attempts, job.segments)
         headers = {topology.H_RETRIES: rounds + 1}
         await self._later(message, account, delay, exc.reason, exc.attempts, headers, exact=True)
         SEND_RETRIES.labels(account.name, "delayed").inc()
@@ -281,14 +353,23 @@ class Sender:
 
     async def _status_sent(self, job: SendJob, provider_id: str, attempts: int) -> None:
         await publish_status(
-            self.broker, job.id, "sent", provider_id=provider_id, attempts=attempts
+            self.broker,
+            job.id,
+            "sent",
+            provider_id=provider_id,
+            attempts=attempts,
+            segments=job.segments,
         )
 
     def _dlr_url(self, job: SendJob, account: Account, attempt: int) -> str | None:
         if not (self._dlr_base and self._dlr_secret):
             return None
         ref = receipt_token.ReceiptRef(
-            job.id, account.name, attempt, receipt_token.expiry(self._dlr_lifetime)
+            job.id,
+            account.name,
+            attempt,
+            receipt_token.expiry(self._dlr_lifetime),
+            job.segments,
         )
         return self._dlr_base + receipt_token.sign(self._dlr_secret, ref)
 

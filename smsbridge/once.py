@@ -1,0 +1,210 @@
+"""Doing a message's irreversible step once: claims on its id.
+
+The resolver publishes one InboundMessage per Flowroute id. Before it publishes, it claims the
+id; after the confirm, it marks the claim done. A claim tells the handler what happened before:
+- `done`: a twin (a Flowroute resend, a redelivery) already did it: ack and stop;
+- `in_doubt_since`: an earlier attempt lost its confirm, so it may have been stored: settle
+  that first (the journal) instead of doing it again;
+- otherwise: go.
+
+`MemoryClaims` keeps claims in this process (single replica, forgotten on restart); the ledger
+keeps them in PostgreSQL for every replica (smsbridge/ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from smsbridge.recent import RecentIds
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str
+    done: bool = False
+    in_doubt_since: datetime | None = None
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundHistory:
+    """What the ledger keeps of an inbound message (nothing without a ledger)."""
+
+    provider: str | None = None
+    from_: str | None = None
+    to: str | None = None
+    body: str | None = None
+    media: list[dict[str, Any]] | None = None
+    extension: str | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] | None = None
+
+
+class Claims(Protocol):
+    async def claim(self, key: str, history: InboundHistory | None = None) -> Claim:
+        """Take `key` for this handler. Waits while another handler holds it."""
+        ...
+
+    async def succeeded(self, claim: Claim, status: str = ..., **detail: Any) -> None:
+        """The step is done and confirmed: twins are duplicates from now on. `status` and
+        `detail` go into the message's history."""
+        ...
+
+    async def released(self, claim: Claim, in_doubt_since: datetime | None) -> None:
+        """The step did not complete; `in_doubt_since` when it may have (a lost confirm)."""
+        ...
+
+    async def renew(self, claim: Claim) -> None:
+        """Still working on it (a publish waits for its confirm): keep the claim."""
+        ...
+
+
+class MemoryClaims:
+    """Claims in this process's memory, for `ttl` seconds after success."""
+
+    def __init__(self, ttl: float) -> None:
+        self.recent = RecentIds(ttl=ttl)
+        self._in_doubt: dict[str, datetime] = {}
+
+    async def claim(self, key: str, history: InboundHistory | None = None) -> Claim:
+        while True:
+            if self.recent.done(key):
+                return Claim(key, done=True)
+            twin = self.recent.pending(key)
+            if twin is None:
+                break
+            # The same id is being handled right now (a resend, or the redelivery of a
+            # delivery whose channel closed while its handler went on): its outcome decides.
+            await asyncio.shield(twin)
+        self.recent.begin(key)
+        return Claim(key, in_doubt_since=self._in_doubt.get(key))
+
+    async def succeeded(
+        self, claim: Claim, status: str = "delivered_to_pbx", **detail: Any
+    ) -> None:
+        self._in_doubt.pop(claim.key, None)
+        self.recent.finish(claim.key, True)
+
+    async def released(self, claim: Claim, in_doubt_since: datetime | None) -> None:
+        if in_doubt_since is not None:
+            self._in_doubt.setdefault(claim.key, in_doubt_since)
+        self.recent.finish(claim.key, False)
+
+    async def renew(self, claim: Claim) -> None:
+        return None  # nobody else can take it
+
+
+@dataclass(frozen=True, slots=True)
+class SendClaim:
+    """What is known of an outbound request when its sender takes it."""
+
+    request_id: str
+    provider_id: str | None = None  # it was sent: Flowroute's id
+    attempts: int = 0  # attempts made when it was sent
+    settled: bool = False  # failed or blocked for good: never sent
+    reason: str | None = None  # why it was settled
+    in_doubt_since: datetime | None = None  # an attempt whose outcome is unknown began then
+    token: str = ""
+
+
+class ClaimLost(Exception):
+    """Our claim ran out and another handler took the request over: do not send it."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundHistory:
+    """What the ledger keeps of an outbound request (nothing without a ledger)."""
+
+    provider: str
+    from_: str
+    to: str
+    body: str | None
+    media: list[str]
+    extension: str | None
+
+
+class SendClaims(Protocol):
+    """At most one accepted send per request id: claim before, record the outcome after."""
+
+    async def queued(self, request_id: str, history: OutboundHistory) -> None:
+        """The request was accepted and waits for its account's sender (history)."""
+        ...
+
+    async def blocked(self, request_id: str, history: OutboundHistory, reason: str) -> None:
+        """A policy refused the request before it was queued: never sent."""
+        ...
+
+    async def claim(self, request_id: str, history: OutboundHistory | None = None) -> SendClaim:
+        """Take the request for this handler. Waits while another handler holds it."""
+        ...
+
+    async def attempting(self, claim: SendClaim, attempt: int) -> None:
+        """Record, durably, that attempt number `attempt` is about to be POSTed: if we die
+        before `sent`, whoever takes the request over knows it is in doubt. Raises ClaimLost
+        when the request is no longer ours."""
+        ...
+
+    async def sent(self, claim: SendClaim, provider_id: str, attempts: int) -> None: ...
+
+    async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
+        """Failed or blocked for good: it will never be sent."""
+        ...
+
+    async def released(self, claim: SendClaim, in_doubt_since: datetime | None) -> None:
+        """Not sent this time (it waits, or retries later); `in_doubt_since` when an attempt
+        may have been accepted although we never saw the answer."""
+        ...
+
+    async def known_provider_ids(self, since: datetime) -> set[str]:
+        """Provider ids recorded for requests since `since` (a record found when
+        reconciling that is already one of these belongs to another request)."""
+        ...
+
+
+class MemorySendClaims:
+    """Send claims in this process's memory: exact for one replica; forgotten on restart."""
+
+    def __init__(self, ttl: float) -> None:
+        self.sent_ids = RecentIds(ttl=ttl)
+        self._in_doubt: dict[str, datetime] = {}
+
+    async def queued(self, request_id: str, history: OutboundHistory) -> None:
+        return None
+
+    async def blocked(self, request_id: str, history: OutboundHistory, reason: str) -> None:
+        return None
+
+    async def claim(self, request_id: str, history: OutboundHistory | None = None) -> SendClaim:
+        while True:
+            record = self.sent_ids.value(request_id)
+            if record is not None:
+                provider_id, _, attempts = record.partition(" ")
+                return SendClaim(request_id, provider_id=provider_id, attempts=int(attempts or 0))
+            twin = self.sent_ids.pending(request_id)
+            if twin is None:
+                break
+            await asyncio.shield(twin)
+        self.sent_ids.begin(request_id)
+        return SendClaim(request_id, in_doubt_since=self._in_doubt.get(request_id))
+
+    async def attempting(self, claim: SendClaim, attempt: int) -> None:
+        return None  # the process that would read it back is this one
+
+    async def sent(self, claim: SendClaim, provider_id: str, attempts: int) -> None:
+        self._in_doubt.pop(claim.request_id, None)
+        self.sent_ids.finish(claim.request_id, True, f"{provider_id} {attempts}")
+
+    async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
+        self._in_doubt.pop(claim.request_id, None)
+        self.sent_ids.finish(claim.request_id, False)
+
+    async def released(self, claim: SendClaim, in_doubt_since: datetime | None) -> None:
+        if in_doubt_since is not None:
+            self._in_doubt.setdefault(claim.request_id, in_doubt_since)
+        self.sent_ids.finish(claim.request_id, False)
+
+    async def known_provider_ids(self, since: datetime) -> set[str]:
+        return {v.partition(" ")[0] for v in self.sent_ids.values()}
