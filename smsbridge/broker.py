@@ -129,12 +129,16 @@ class Broker:
         while True:
             try:
                 await self._connect()
+                # Ready before consuming starts: the first deliveries' publishes must not meet
+                # "broker not connected".
+                self._connected.set()
                 for callback in self._on_connect:  # e.g. start consuming
                     await callback()
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._connected.clear()
                 log.warning(
                     "broker connect failed",
                     broker=self._masked(),
@@ -144,7 +148,6 @@ class Broker:
                 await self._close_connections()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self._connected.set()
         log.info("broker connected", broker=self._masked(), component=self.name)
 
     def _masked(self) -> str:

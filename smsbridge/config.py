@@ -51,8 +51,23 @@ class BrokerConfig(_Section):
         description="The nodes of a RabbitMQ cluster: every connection tries them in turn, at "
         "start and on every reconnect",
     )
-    prefetch: int = Field(default=200, ge=1, le=5000)
-    publish_timeout: float = Field(default=2.0, gt=0, le=60)
+    prefetch: int = Field(
+        default=200,
+        ge=1,
+        le=5000,
+        description=(
+            "Deliveries in flight per consumer: how many messages one worker handles at once"
+        ),
+    )
+    publish_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds to wait for the broker to confirm a publish; the gateway then answers `503` "
+            "(Flowroute sends again) and a worker waits and tries again"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_of_url_and_urls(self) -> BrokerConfig:
@@ -78,14 +93,54 @@ class BrokerConfig(_Section):
 
 
 class GatewayConfig(_Section):
-    listen: str = "127.0.0.1:8080"
-    public_url: str | None = None
-    allow_ips: list[str] = Field(default_factory=list)
-    trusted_proxies: list[str] = Field(default_factory=list)
-    dlr_path: str = "flowroute/dlr"
-    dlr_secret: SecretStr | None = Field(default=None, min_length=16)
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    dedupe_seconds: float = Field(default=600.0, ge=0)
+    listen: str = Field(
+        default="127.0.0.1:8080", description="Address and port the gateway listens on"
+    )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The URL at which Flowroute and PBX services reach the gateway (e.g. "
+            "`https://pbx.example.com`): used for delivery-receipt URLs, stored media URLs and "
+            "`smsbridge flowroute setup`. Unset: media URLs use `http://` and the listen address, "
+            "and no delivery receipts are requested"
+        ),
+    )
+    allow_ips: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Source addresses allowed to post webhooks (Flowroute's published addresses); others "
+            "get `403`. Empty: any source"
+        ),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Reverse proxies whose `X-Forwarded-For` header is believed when checking `allow_ips`"
+        ),
+    )
+    dlr_path: str = Field(
+        default="flowroute/dlr",
+        description="The path under which delivery receipts arrive: `/<dlr_path>/<token>`",
+    )
+    dlr_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description=(
+            "Signs the per-message delivery-receipt URLs. Without it (or without `public_url`) no "
+            "delivery receipts are requested"
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="A larger webhook body is refused with `413`"
+    )
+    dedupe_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "How long an accepted Flowroute message id is remembered, so that Flowroute's resends "
+            "are answered `200` without being published again (per process)"
+        ),
+    )
     header_timeout: float = Field(
         default=10.0,
         gt=0,
@@ -157,11 +212,25 @@ class GatewayConfig(_Section):
 
 
 class MediaConfig(_Section):
-    dir: Path = Path("var/media")
-    max_bytes: int = Field(default=15 * 1024 * 1024, ge=1)
-    retention_days: float = Field(default=30.0, gt=0)
-    fetch_timeout: float = Field(default=30.0, gt=0)
-    allowed_ports: list[int] = Field(default_factory=lambda: [80, 443])
+    dir: Path = Field(
+        default=Path("var/media"),
+        description="Where inbound MMS media is stored (relative to the working directory)",
+    )
+    max_bytes: int = Field(
+        default=15 * 1024 * 1024,
+        ge=1,
+        description="Largest media item fetched, counted after decompression",
+    )
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Stored media older than this is deleted (checked every hour)",
+    )
+    fetch_timeout: float = Field(default=30.0, gt=0, description="Seconds per download attempt")
+    allowed_ports: list[int] = Field(
+        default_factory=lambda: [80, 443],
+        description="Ports media may be fetched from (unless `allow_any_port`)",
+    )
     allow_any_port: bool = Field(default=False, description="opt-in (the demo and tests)")
     allow_networks: list[str] = Field(
         default_factory=list,
@@ -184,17 +253,44 @@ class MediaConfig(_Section):
 
 
 class InboundConfig(_Section):
-    default_region: str = "US"
+    default_region: str = Field(
+        default="US", description="ISO 3166 region for inbound numbers that arrive in national form"
+    )
 
 
 class OutboundConfig(_Section):
-    default_region: str = "US"
-    retry_delays: list[float] = Field(
-        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0], min_length=1
+    default_region: str = Field(
+        default="US",
+        description="ISO 3166 region for `to` and `from` numbers given in national form",
     )
-    max_age_seconds: float = Field(default=6 * 3600.0, gt=0)
-    request_timeout: float = Field(default=15.0, gt=0)
-    in_process_attempts: int = Field(default=3, ge=1, le=10)
+    retry_delays: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0],
+        min_length=1,
+        description=(
+            "Seconds between rounds of retries of a transient failure (429, 5xx, connection "
+            "errors); the last delay repeats until `max_age_seconds`"
+        ),
+    )
+    max_age_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description=(
+            "A request still failing transiently this long after its first failure becomes "
+            "`failed` (waits for quiet hours or a held account do not count)"
+        ),
+    )
+    request_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds per call to Flowroute's API"
+    )
+    in_process_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description=(
+            "Quick attempts per round (a short exponential backoff, `Retry-After` honoured) before "
+            "the request waits for the next `retry_delays` round"
+        ),
+    )
     concurrency: int = Field(default=256, ge=1, le=5000, description="sends in flight per account")
     rate_margin: float = Field(
         default=0.15,
@@ -249,7 +345,12 @@ class ConsoleConfig(_Section):
         description="how operators reach the console (e.g. behind a reverse proxy); an https "
         "URL makes the session cookie Secure",
     )
-    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a browser session lasts after logging in",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -308,7 +409,12 @@ DEFAULT_OPT_IN_REPLY = "You are resubscribed. Reply STOP to unsubscribe."
 
 
 class PolicyConfig(_Section):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The policy's name, which `numbers.policy` refers to",
+    )
     opt_out: bool = Field(default=False, description="honour STOP/START/HELP keywords")
     opt_out_reply: str = Field(default=DEFAULT_OPT_OUT_REPLY, description='"" = no reply')
     opt_in_reply: str = Field(default=DEFAULT_OPT_IN_REPLY, description='"" = no reply')
@@ -316,8 +422,20 @@ class PolicyConfig(_Section):
     allowed_countries: list[str] | None = Field(
         default=None, description="ISO 3166 codes outbound may go to; absent = any"
     )
-    quiet_hours: QuietHours | None = None
-    max_segments: int | None = Field(default=None, ge=1, le=255)
+    quiet_hours: QuietHours | None = Field(
+        default=None,
+        description=(
+            "A daily window, in local time, during which outbound messages wait (absent: none)"
+        ),
+    )
+    max_segments: int | None = Field(
+        default=None,
+        ge=1,
+        le=255,
+        description=(
+            "Outbound messages longer than this many SMS segments are refused (absent: no limit)"
+        ),
+    )
     smart_quotes: Literal["keep", "replace"] = Field(
         default="keep",
         description='"replace" turns typographic quotes and dashes into ASCII before sending, '
@@ -355,18 +473,52 @@ class MetricsConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="The lowest level logged"
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description=(
+            "`json`: one JSON object per line; `console`: readable lines; `auto`: `console` on a "
+            "terminal, else `json`"
+        ),
+    )
 
 
 class ProviderConfig(_Section):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    type: Literal["flowroute"] = "flowroute"
-    api_url: str = "https://api.flowroute.com/v2.2"
-    access_key: SecretStr = Field(min_length=1)
-    secret_key: SecretStr = Field(min_length=1)
-    sms_per_second: float = Field(default=5.0, gt=0)
-    mms_per_second: float = Field(default=1.0, gt=0)
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The account's name, which `numbers.provider` refers to",
+    )
+    type: Literal["flowroute"] = Field(
+        default="flowroute", description="The provider's kind (only Flowroute so far)"
+    )
+    api_url: str = Field(
+        default="https://api.flowroute.com/v2.2",
+        description="Flowroute's messaging API, with its version",
+    )
+    access_key: SecretStr = Field(
+        min_length=1, description="The account's API access key (HTTP Basic user name)"
+    )
+    secret_key: SecretStr = Field(
+        min_length=1, description="The account's API secret key (HTTP Basic password)"
+    )
+    sms_per_second: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "Send attempts per second for SMS, retries included (Flowroute's default limit is 5)"
+        ),
+    )
+    mms_per_second: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Send attempts per second for MMS, retries included (Flowroute's default limit is 1)"
+        ),
+    )
 
     @field_validator("api_url")
     @classmethod
@@ -375,13 +527,28 @@ class ProviderConfig(_Section):
 
 
 class NumberConfig(_Section):
-    name: str = ""
-    number: str
-    provider: str
-    url_prefix: str
-    source: list[str] = Field(default_factory=list)
-    destination: str | None = None
-    policy: str = ""
+    name: str = Field(
+        default="", description="A name for people (shown as `number_name` in InboundMessages)"
+    )
+    number: str = Field(description="The number")
+    provider: str = Field(description="The `[[providers]]` account it belongs to")
+    url_prefix: str = Field(
+        description=(
+            "The webhook path at which Flowroute delivers this number's messages: `POST "
+            "/<url_prefix>` (several numbers may share one)"
+        )
+    )
+    source: list[str] = Field(
+        default_factory=list, description="Extensions allowed to send from this number"
+    )
+    destination: str | None = Field(
+        default=None,
+        description=(
+            "Where its inbound messages go: the routing key `inbound.<destination>`. Unset: "
+            "`inbound.unrouted`"
+        ),
+    )
+    policy: str = Field(default="", description='The `[[policies]]` entry it follows; `""`: none')
 
     @field_validator("number")
     @classmethod

@@ -203,6 +203,8 @@ def copy_message(
         type=message.type,
         headers=kept,
         timestamp=message.timestamp,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
     )
 
 
@@ -232,6 +234,7 @@ async def declare_ledger(channel: AbstractChannel) -> Topology:
 H_FIRST_SEEN = "x-smsbridge-first-seen"  # epoch milliseconds the request entered the bridge
 H_ATTEMPTS = "x-smsbridge-attempts"  # send attempts made so far
 H_RETRIES = "x-smsbridge-retries"  # broker retry rounds so far
+H_RETRYING_SINCE = "x-smsbridge-retrying-since"  # epoch ms of the first failure (max age)
 # Not "x-" prefixed: a headers exchange ignores x- headers when matching with x-match=all.
 H_RETRY_TIER = "smsbridge-retry-tier"
 

@@ -1102,7 +1102,7 @@ async def test_run_serves_the_console_and_console_alone_serves_only_it(
     amqp_url: str, ledger_url: str, tmp_path: Path
 ) -> None:
     config = console_config(amqp_url, ledger_url, tmp_path)
-    alone = await runner.start(config, gateway=False, workers=[])
+    alone = await runner.start(config, gateway=False, workers=[], console=True)
     try:
         assert alone.console is not None and alone.gateway is None and not alone.consumers
         await alone.ledgers[0].wait_available(20)

@@ -832,7 +832,7 @@ def test_token_carries_an_expiry_and_is_refused_after_it() -> None:
     with pytest.raises(receipt_token.BadToken, match="expired"):
         receipt_token.verify(SECRET, token, now=now + 61)
     payload = orjson.loads(_unb64(token.split(".")[0]))
-    assert payload == ["req-1", "flowroute", 2, now + 60]
+    assert payload == ["req-1", "flowroute", 2, now + 60, 1]  # the last: the segments
     # small enough for a URL: a UUID request id gives well under 200 characters
     uuid_token = receipt_token.sign(
         SECRET, receipt_token.ReceiptRef("0f8a3c1e-2b4d-4e6f-8a9b-0c1d2e3f4a5b", "flowroute", 1)
@@ -844,7 +844,7 @@ def test_altered_expiry_and_v1_tokens_are_refused() -> None:
     now = 1_800_000_000
     token = receipt_token.sign(SECRET, receipt_token.ReceiptRef("r", "a", 1, now + 60))
     payload, mac = token.split(".")
-    later = _b64(orjson.dumps(["r", "a", 1, now + 10**9]))
+    later = _b64(orjson.dumps(["r", "a", 1, now + 10**9, 1]))
     with pytest.raises(receipt_token.BadToken, match="bad signature"):
         receipt_token.verify(SECRET, f"{later}.{mac}", now=now)
     with pytest.raises(receipt_token.BadToken, match="bad signature"):
@@ -892,8 +892,8 @@ async def test_outbound_worker_signs_tokens_that_expire_after_max_age_plus_windo
                 break
     [message] = sandbox.messages
     token = message.attributes["dlr_callback"].rsplit("/", 1)[1]
-    request_id, account, attempts, expires_at = orjson.loads(_unb64(token.split(".")[0]))
-    assert (request_id, account, attempts) == ("exp-1", "flowroute", 1)
+    request_id, account, attempts, expires_at, segments = orjson.loads(_unb64(token.split(".")[0]))
+    assert (request_id, account, attempts, segments) == ("exp-1", "flowroute", 1, 1)
     # max_age_seconds (30, tests.harness) + receipt_window_seconds (1000) after the send
     assert sent_at + 1030 - 1 <= expires_at <= time.time() + 1030 + 1
     assert receipt_token.verify(SECRET, token).request_id == "exp-1"

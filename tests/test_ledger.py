@@ -5,6 +5,7 @@ retention. Two `LedgerClaims` on one database are two replicas."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -12,12 +13,14 @@ import asyncpg
 import pytest
 
 from smsbridge.config import LedgerConfig
-from smsbridge.ledger import migrate, retention
+from smsbridge.ledger import migrate, optouts, retention
+from smsbridge.ledger.batch import Batcher
 from smsbridge.ledger.connection import Ledger, LedgerUnavailable
 from smsbridge.ledger.events import StatusLedger, StatusRecord
 from smsbridge.ledger.inbound import LedgerClaims
 from smsbridge.ledger.outbound import LedgerSendClaims
 from smsbridge.once import ClaimLost, InboundHistory, OutboundHistory
+from smsbridge.waiting import MustWait
 
 SHORT = timedelta(seconds=1)
 
@@ -86,6 +89,191 @@ async def test_an_unreachable_ledger_fails_queries_at_once_and_recovers(ledger: 
     finally:
         await down.close()
     assert (await ledger.fetch("SELECT 1 AS one"))[0]["one"] == 1
+
+
+async def test_a_busy_database_means_wait_and_a_bad_statement_is_an_error(
+    ledger: Ledger, ledger_url: str
+) -> None:
+    """A statement that lost a race for a lock waits (LedgerUnavailable) without declaring
+    the ledger away; a statement that is wrong raises its own error."""
+    holder = await asyncpg.connect(ledger_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(LedgerUnavailable, match="busy"):
+                async with ledger.connection() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL lock_timeout = '200ms'")
+                    await conn.execute("SELECT count(*) FROM messages")
+    finally:
+        await holder.close()
+    assert ledger.available.is_set()
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await ledger.fetch("SELECT 1 / 0")
+    assert ledger.available.is_set()
+    assert (await ledger.fetch("SELECT count(*) AS n FROM messages"))[0]["n"] == 0
+
+
+async def test_a_connection_cut_by_the_server_mid_query_makes_the_ledger_wait_and_reconnect(
+    ledger_url: str,
+) -> None:
+    ledger = Ledger(ledger_config(ledger_url), "test")
+    await ledger.start()
+    admin = await asyncpg.connect(ledger_url)
+    try:
+        await ledger.wait_available(20)
+        slow = asyncio.create_task(ledger.fetch("SELECT pg_sleep(30)"))
+        pid = None
+        while pid is None and not slow.done():
+            await asyncio.sleep(0.05)
+            pid = await admin.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
+            )
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(LedgerUnavailable) as info:
+            await slow
+        assert info.value.ready is ledger.available
+        await ledger.wait_available(20)  # the probe reconnected
+        assert (await ledger.fetch("SELECT 1 AS one"))[0]["one"] == 1
+    finally:
+        await admin.close()
+        await ledger.close()
+
+
+async def test_too_many_connections_means_wait_until_there_is_room(ledger_url: str) -> None:
+    """The role's connection limit is reached: the ledger is unavailable (requests wait),
+    not broken, and it comes back when there is room."""
+    role = f"smsbridge_limited_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ledger_url)
+    database = await admin.fetchval("SELECT current_database()")
+    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    await admin.execute(f'GRANT ALL ON DATABASE "{database}" TO {role}')
+    await admin.execute(f"GRANT ALL ON SCHEMA public TO {role}")
+    url = ledger_url.replace("postgres@", f"{role}@", 1)
+    assert role in url
+    ledger = Ledger(ledger_config(url), "test")
+    await ledger.start()
+    try:
+        with pytest.raises(TimeoutError):
+            await ledger.wait_available(2)
+        with pytest.raises(LedgerUnavailable):
+            await ledger.fetch("SELECT 1")
+        await admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 5")
+        await ledger.wait_available(20)
+        assert (await ledger.fetch("SELECT 1 AS one"))[0]["one"] == 1
+    finally:
+        await ledger.close()
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
+# -- batches: one bad request must not fail the others -------------------------------------
+
+
+async def test_a_failing_batch_is_run_again_one_by_one_so_only_the_bad_request_fails() -> None:
+    runs: list[list[str]] = []
+
+    async def run(items: list[str]) -> list[str]:
+        runs.append(items)
+        await asyncio.sleep(0.01)
+        if "bad" in items:
+            raise ValueError("a bad item")
+        return [item.upper() for item in items]
+
+    batcher: Batcher[str, str] = Batcher(run, concurrency=1)
+    names = ["a", "b", "bad", "c", "d"]
+    first = asyncio.create_task(batcher.submit("first"))  # runs alone; the rest queue
+    await asyncio.sleep(0)
+    results = await asyncio.gather(*(batcher.submit(n) for n in names), return_exceptions=True)
+    assert await first == "FIRST"
+    assert results[:2] == ["A", "B"] and results[3:] == ["C", "D"]
+    assert isinstance(results[2], ValueError)
+    assert runs[1] == names, "the five went as one batch first"
+    assert runs[2:] == [[n] for n in names]
+
+
+async def test_a_batch_that_must_wait_fails_every_request_with_the_wait() -> None:
+    runs: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        runs.append(items)
+        await asyncio.sleep(0.01)
+        raise MustWait("the ledger is away")
+
+    batcher: Batcher[int, int] = Batcher(run, concurrency=1)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    waits = [batcher.submit(i) for i in range(1, 5)]
+    results = await asyncio.gather(*waits, return_exceptions=True)
+    with pytest.raises(MustWait):
+        await first
+    assert all(isinstance(r, MustWait) for r in results)
+    assert runs == [[0], [1, 2, 3, 4]], "no request is tried again on its own"
+
+
+async def test_a_nul_character_is_stored_as_a_replacement_and_fails_nothing(
+    ledger: Ledger,
+) -> None:
+    """PostgreSQL's text and jsonb refuse NUL; a Flowroute body can carry one."""
+    claims = LedgerClaims(ledger, ttl=600)
+    bodies = [f"hi {i}" for i in range(20)]
+    bodies[7] = "user\x00name"
+    nul = bodies[7]
+    got = await asyncio.gather(
+        *(claims.claim(f"mdr2-nul-{i}", history(body)) for i, body in enumerate(bodies))
+    )
+    assert all(not c.done and c.token for c in got)
+    row = (await ledger.fetch("SELECT body, raw FROM messages WHERE id = 'mdr2-nul-7'"))[0]
+    assert row["body"] == nul.replace("\x00", "\ufffd")
+    assert "\ufffd" in row["raw"]
+    await asyncio.gather(*(claims.succeeded(c) for c in got))
+    count = await ledger.fetch("SELECT count(*) AS n FROM messages WHERE state = 'published'")
+    assert count[0]["n"] == 20
+
+
+async def test_two_claims_of_one_id_in_one_statement_give_it_to_one(ledger: Ledger) -> None:
+    """A replica's own twins wait in memory; should two claims of an id still meet in one
+    batch, only one may hold it."""
+    inbound = LedgerClaims(ledger, ttl=600)
+    tokens = [uuid.uuid4() for _ in range(3)]
+    rows = await inbound._claim_batch([("mdr2-twin", t, history()) for t in tokens])
+    assert sorted(r.claimed for r in rows) == [False, False, True]
+    sends = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    await sends.queued("req-twin", outbound())
+    rows_out = await sends._claim_batch([("req-twin", t, outbound()) for t in tokens])
+    assert sorted(r.claimed for r in rows_out) == [False, False, True]
+    holder = await ledger.fetch("SELECT claim_token FROM messages WHERE id = 'req-twin'")
+    [winner] = [t for t, r in zip(tokens, rows_out, strict=True) if r.claimed]
+    assert holder[0]["claim_token"] == winner
+
+
+# -- opt-outs apply in the order they were made ---------------------------------------------
+
+
+async def test_a_late_start_does_not_undo_a_later_stop(ledger: Ledger) -> None:
+    """START texted at 10:00 reaches the bridge after STOP texted at 10:05 (Flowroute resent
+    it after an outage): the person stays opted out."""
+    ten = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    main, them = "+12025551234", "+12065550142"
+    assert await optouts.opt_out(ledger, main, them, by="keyword", keyword="STOP", at=ten)
+    stop_later = ten + timedelta(minutes=5)
+    # a START from the day before, resent very late: older than the STOP, so not applied
+    assert not await optouts.opt_in(ledger, main, them, by="keyword", at=ten - timedelta(days=1))
+    assert await optouts.is_opted_out(ledger, main, them)
+    assert await optouts.opt_in(ledger, main, them, by="keyword", at=ten + timedelta(minutes=2))
+    assert not await optouts.is_opted_out(ledger, main, them)
+    assert await optouts.opt_out(ledger, main, them, by="keyword", at=stop_later)
+    late_start = ten + timedelta(minutes=3)
+    assert not await optouts.opt_in(ledger, main, them, by="keyword", at=late_start)
+    assert await optouts.is_opted_out(ledger, main, them)
+    changes = await ledger.fetch(
+        "SELECT change, at FROM optout_changes WHERE recipient = $1 ORDER BY seq", them
+    )
+    assert [(r["change"], r["at"]) for r in changes] == [
+        ("opted_out", ten),
+        ("opted_in", ten + timedelta(minutes=2)),
+        ("opted_out", stop_later),
+    ]
 
 
 # -- inbound: one InboundMessage per Flowroute id --------------------------------------------

@@ -36,6 +36,7 @@ from tests.procs import (
 )
 
 ACCOUNT_QUEUE = topology.account_queue("flowroute")
+SAME_TEXT = "Your appointment is tomorrow at 9:00"
 
 
 @pytest.mark.slow
@@ -113,7 +114,9 @@ async def test_an_outbound_replica_killed_mid_send_is_taken_over_without_a_secon
 ) -> None:
     """Flowroute accepts the sends at once but its answers take 1.5 s: the active replica is
     killed with sends accepted and unanswered. The standby takes the account over; what the
-    dead one sent is found in Flowroute's records, the rest is sent, nothing twice."""
+    dead one sent is found in Flowroute's records, the rest is sent, nothing twice. Half the
+    requests say the same thing to the same person: each of Flowroute's records of that text
+    is matched to one request only."""
     sandbox.set_account(AccountSpec("sandbox-access", "sandbox-secret", sms_per_second=20))
     async with SlowAnswers(sandbox.api_url, delay=1.5) as flowroute:
         setup = Setup(
@@ -131,13 +134,17 @@ async def test_an_outbound_replica_killed_mid_send_is_taken_over_without_a_secon
         )
         await declare_pbx_queue(amqp_url)
         requests = [f"takeover-{i}" for i in range(80)]
+        same_text = set(requests[1::2])
         with setup.worker("outbound", "outbound-a") as active:
             await wait_for_consumer(amqp_url, ACCOUNT_QUEUE, worker=active)
             with setup.worker("outbound", "outbound-b") as standby:
                 await asyncio.sleep(3)  # the standby is up and waiting its turn
                 async with publisher(amqp_url) as pub:
                     for request_id in requests:
-                        await pub.request(outbound_request(request_id))
+                        request = outbound_request(request_id)
+                        if request_id in same_text:
+                            request["body"] = SAME_TEXT
+                        await pub.request(request)
                 assert await wait_until(lambda: len(sandbox.messages) >= 30, 30)
                 active.kill()
                 accepted_at_kill = len(sandbox.messages)
@@ -150,10 +157,17 @@ async def test_an_outbound_replica_killed_mid_send_is_taken_over_without_a_secon
     reconciled = output.count("a send whose outcome was unknown had been accepted")
     print(
         f"\noutbound replica killed with {accepted_at_kill} accepted: standby reconciled "
-        f"{reconciled} from Flowroute's records; sends per request max {max(sends.values())}"
+        f"{reconciled} from Flowroute's records; sends per request max "
+        f"{max(n for r, n in sends.items() if r != SAME_TEXT)}, of the same text "
+        f"{sends[SAME_TEXT]} for {len(same_text)} requests"
     )
-    assert sends == dict.fromkeys(requests, 1), "0 duplicate sends, 0 lost"
+    distinct = [r for r in requests if r not in same_text]
+    assert sends == {**dict.fromkeys(distinct, 1), SAME_TEXT: len(same_text)}, "0 doubled or lost"
     assert tally.ids("status.sent") >= set(requests)
+    # Each request of the same text took its own one of Flowroute's records.
+    provider_ids = {tally.events[("status.sent", r)]["provider_id"] for r in same_text}
+    assert len(provider_ids) == len(same_text)
+    assert provider_ids <= {m.id for m in sandbox.messages}
     assert reconciled > 0, "the in-doubt sends were looked up, not sent again"
     assert sum(parked.values()) == 0
 

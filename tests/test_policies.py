@@ -34,7 +34,9 @@ CUSTOMER = "+12065550142"
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def policy_config(amqp_url: str, ledger_url: str, media: Path, api_url: str) -> Config:
+def policy_config(
+    amqp_url: str, ledger_url: str, media: Path, api_url: str, outbound: str = ""
+) -> Config:
     port = free_port()
     return parse_config(
         f"""
@@ -54,6 +56,7 @@ dir = "{media}"
 
 [outbound]
 retry_delays = [0.5, 1.0]
+{outbound}
 
 [[providers]]
 name = "flowroute"
@@ -296,6 +299,33 @@ async def test_quiet_hours_hold_a_request_until_they_end_across_a_dst_change(
         clock.travel(None)
     assert sent_at.hour == 8 and sent_at.minute < 2, f"sent at {sent_at} New York time"
     assert repeats == [], "the PBX is told once that it waits"
+
+
+async def test_a_wait_for_quiet_hours_does_not_use_up_the_retry_window(
+    amqp_url: str, ledger_url: str, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Held 5 s by quiet hours with `max_age_seconds` 3, the request's first round of
+    attempts fails (503): it is retried, not failed as too old. Time spent waiting for
+    quiet hours is not time spent failing."""
+    sandbox.set_account(AccountSpec("sandbox-access", "sandbox-secret", sms_per_second=20))
+    config = policy_config(
+        amqp_url, ledger_url, tmp_path / "media", sandbox.api_url, "max_age_seconds = 3"
+    )
+    assert config.outbound.in_process_attempts == 3
+    clock.travel(datetime(2026, 11, 2, 7, 59, 55, tzinfo=NEW_YORK))
+    try:
+        async with running(config) as events:
+            sandbox.set_fault(503, count=3)  # the whole first round after the night
+            held = await request(config, "Morning!", extension="200")
+            seen = await until(
+                events,
+                lambda k, e: e.get("id") == held and k in ("status.sent", "status.failed"),
+                timeout=40,
+            )
+    finally:
+        clock.travel(None)
+    assert seen[-1][0] == "status.sent", seen[-1]
+    assert len(replies(sandbox, "Morning!")) == 1
 
 
 async def test_outside_quiet_hours_a_request_goes_at_once(config: Config, sandbox: Sandbox) -> None:

@@ -41,30 +41,38 @@ class KeywordActions:
         self.ledger = ledger
 
     async def act(
-        self, sms: InboundSms, number: NumberConfig, policy: PolicyConfig, keyword: Keyword
+        self,
+        sms: InboundSms,
+        number: NumberConfig,
+        policy: PolicyConfig,
+        keyword: Keyword,
+        at: datetime,
     ) -> None:
+        """`at`: when the person texted it (Flowroute's timestamp), which orders the changes."""
         if keyword == "stop":
-            await self._change(sms, number, "opted_out")
+            await self._change(sms, number, "opted_out", at)
             reply = policy.opt_out_reply
         elif keyword == "start":
-            await self._change(sms, number, "opted_in")
+            await self._change(sms, number, "opted_in", at)
             reply = policy.opt_in_reply
         else:
             reply = policy.help_reply
         if reply:
             await self._reply(sms, number, keyword, reply)
 
-    async def _change(self, sms: InboundSms, number: NumberConfig, change: str) -> None:
+    async def _change(
+        self, sms: InboundSms, number: NumberConfig, change: str, at: datetime
+    ) -> None:
         if self.ledger is None:  # the configuration requires a ledger for opt_out policies
             raise RuntimeError("opt-out keywords need the ledger")
         keyword = "stop" if change == "opted_out" else "start"
         if change == "opted_out":
             changed = await optouts.opt_out(
-                self.ledger, number.number, sms.from_, by="keyword", keyword=keyword
+                self.ledger, number.number, sms.from_, by="keyword", keyword=keyword, at=at
             )
         else:
             changed = await optouts.opt_in(
-                self.ledger, number.number, sms.from_, by="keyword", keyword=keyword
+                self.ledger, number.number, sms.from_, by="keyword", keyword=keyword, at=at
             )
         log.info(
             "recipient " + change.replace("_", " "),

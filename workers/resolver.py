@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +39,7 @@ from workers.keywords import KeywordActions
 
 log = get_logger(__name__)
 
-RENEW_EVERY = 10.0  # seconds: a publish that waits for its confirm keeps its claim
+RENEW_EVERY = 10.0  # seconds between renewals of a claim's 30-second lease
 
 
 class Resolver:
@@ -88,53 +89,78 @@ class Resolver:
             return "duplicate"
         destination = event["destination"]
         outcome = "delivered_to_pbx" if destination else "unrouted"
-        in_doubt = claim.in_doubt_since
-        try:
-            if in_doubt is not None:
-                message_id = topology.amqp_message_id(sms.id)
-                if await self.journal.published({message_id}, in_doubt):
-                    await self._record(claim, outcome, destination)
-                    return "duplicate"  # the publish whose confirm was lost was stored
-                in_doubt = None  # it was not: publish it now
-            if keyword is not None and number is not None and policy is not None:
-                await self.keywords.act(sms, number, policy, keyword)
-            body = orjson.dumps(event, option=orjson.OPT_UTC_Z)
-            started = datetime.now(UTC)
+        async with self._holding(claim):
+            in_doubt = claim.in_doubt_since
             try:
-                await self._publish(claim, topology.inbound_key(destination), sms.id, body)
-            except PublishFailed as exc:
-                if exc.in_doubt:
-                    in_doubt = started
+                if in_doubt is not None:
+                    message_id = topology.amqp_message_id(sms.id)
+                    if await self.journal.published({message_id}, in_doubt):
+                        await self._record(claim, outcome, destination, keyword)
+                        return "duplicate"  # the publish whose confirm was lost was stored
+                    in_doubt = None  # it was not: publish it now
+                if keyword is not None and number is not None and policy is not None:
+                    # when it was texted; never later than it reached us (a skewed clock
+                    # must not put one change ahead of every later one)
+                    received = _received_at(event)
+                    at = min(sms.sent_at, received) if sms.sent_at else received
+                    await self.keywords.act(sms, number, policy, keyword, at)
+                body = orjson.dumps(event, option=orjson.OPT_UTC_Z)
+                in_doubt = datetime.now(UTC)  # from now on it may be stored, whatever happens
+                try:
+                    await self._publish(topology.inbound_key(destination), sms.id, body)
+                except PublishFailed as exc:
+                    if not exc.in_doubt:
+                        in_doubt = None  # surely not stored
+                    raise
+            except BaseException:
+                await self.claims.released(claim, in_doubt)
                 raise
-        except BaseException:
-            await self.claims.released(claim, in_doubt)
-            raise
-        await self._record(claim, outcome, destination)
+            await self._record(claim, outcome, destination, keyword)
         return "published"
 
-    async def _publish(self, claim: Claim, key: str, message_id: str, body: bytes) -> None:
-        """Publish, confirmed, renewing the claim while the broker makes us wait (a memory
-        alarm): another resolver must not take it over and publish it a second time."""
-        message = topology.json_message(body, message_id=message_id, type_=INBOUND_MESSAGE_TYPE)
-        task = asyncio.ensure_future(self.broker.deliver(topology.JOURNALED, key, message))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=RENEW_EVERY)
-            if done:
-                self._confirm.observe(task.result())
-                return
-            with contextlib.suppress(MustWait):
-                await self.claims.renew(claim)
+    @contextlib.asynccontextmanager
+    async def _holding(self, claim: Claim) -> AsyncIterator[None]:
+        """Keep the claim while the handler works on it (a journal scan, a keyword's actions,
+        a publish the broker makes wait): another resolver must not take it over and publish
+        the message a second time."""
 
-    async def _record(self, claim: Claim, outcome: str, destination: str | None) -> None:
-        """Record the publish, however long the ledger takes: it happened."""
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(RENEW_EVERY)
+                try:
+                    await self.claims.renew(claim)
+                except Exception as exc:  # the next round tries again; the lease is 3 rounds
+                    log.warning("claim not renewed", error=str(exc))
+
+        task = asyncio.create_task(renew(), name="claim-renewal")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    async def _publish(self, key: str, message_id: str, body: bytes) -> None:
+        message = topology.json_message(body, message_id=message_id, type_=INBOUND_MESSAGE_TYPE)
+        self._confirm.observe(await self.broker.deliver(topology.JOURNALED, key, message))
+
+    async def _record(
+        self, claim: Claim, outcome: str, destination: str | None, keyword: str | None
+    ) -> None:
+        """Record the publish, however long the ledger takes: it happened. If it cannot be
+        recorded at all, the claim's lease runs out and whoever meets the id again settles it
+        against the journal."""
         backoff = Backoff()
         while True:
             try:
-                await self.claims.succeeded(claim, outcome, destination=destination)
+                await self.claims.succeeded(
+                    claim, outcome, destination=destination, keyword=keyword
+                )
                 return
             except MustWait as exc:
                 log.warning("could not record a publish yet; retrying", error=str(exc))
                 await asyncio.sleep(backoff.next())
+            except Exception:
+                log.exception("published, but the ledger refused the record")
+                return
 
     def inbound_message(self, sms: InboundSms, env: envelope.Envelope) -> dict[str, Any]:
         number = self.config.number(sms.to)
@@ -168,11 +194,16 @@ class Resolver:
         }
 
 
-def _history(event: dict[str, Any]) -> InboundHistory:
+def _received_at(event: dict[str, Any]) -> datetime:
     try:
-        created = datetime.fromisoformat(str(event["received_at"]))
+        at = datetime.fromisoformat(str(event["received_at"]))
     except ValueError:
-        created = datetime.now(UTC)
+        return datetime.now(UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _history(event: dict[str, Any]) -> InboundHistory:
+    created = _received_at(event)
     return InboundHistory(
         provider=event["provider"],
         from_=event["from"],

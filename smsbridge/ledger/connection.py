@@ -24,19 +24,34 @@ from smsbridge.waiting import Backoff, MustWait
 
 log = get_logger(__name__)
 
-# Errors that say "the database is not reachable right now", not "this query is wrong".
-_UNREACHABLE: tuple[type[BaseException], ...] = (
+QUERY_TIMEOUT = 30.0
+
+# What a database error means for the message being handled. "Unreachable": the database
+# cannot serve us now (connection lost, server shutting down or failing over, too many
+# connections, credentials refused, schema missing): wait, and probe until it is back.
+# "Busy": this statement lost a race or was cancelled (deadlock, serialization, lock timeout,
+# statement timeout): wait and try again. Anything else (bad data, a bug) is an error.
+_UNREACHABLE_TYPES = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # a query cut off by the server going away, timing-dependent
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
 )
-QUERY_TIMEOUT = 30.0
+_UNREACHABLE_CLASSES = ("08", "28", "53", "3D")  # connection, auth, resources, no database
+_UNREACHABLE_STATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "25006", "42P01"})
+_BUSY_STATES = frozenset({"40001", "40P01", "55P03", "57014"})
+
+
+def classify(exc: BaseException) -> str | None:
+    """ "unreachable", "busy", or None (an error of this statement or its data)."""
+    if isinstance(exc, _UNREACHABLE_TYPES):
+        return "unreachable"
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state in _BUSY_STATES:
+        return "busy"
+    if state in _UNREACHABLE_STATES or state[:2] in _UNREACHABLE_CLASSES:
+        return "unreachable"
+    return None
 
 
 class LedgerUnavailable(MustWait):
@@ -81,30 +96,27 @@ class Ledger:
 
     # -- queries -----------------------------------------------------------------------
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        pool = self._ready_pool()
-        try:
-            async with pool.acquire(timeout=10) as conn:
-                return list(await conn.fetch(query, *args, timeout=QUERY_TIMEOUT))
-        except _UNREACHABLE as exc:
-            raise self._lost(exc) from None
+        async with self.connection() as conn:
+            return list(await conn.fetch(query, *args, timeout=QUERY_TIMEOUT))
 
     async def execute(self, query: str, *args: Any) -> str:
-        pool = self._ready_pool()
-        try:
-            async with pool.acquire(timeout=10) as conn:
-                return str(await conn.execute(query, *args, timeout=QUERY_TIMEOUT))
-        except _UNREACHABLE as exc:
-            raise self._lost(exc) from None
+        async with self.connection() as conn:
+            return str(await conn.execute(query, *args, timeout=QUERY_TIMEOUT))
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """One connection for a while (a session-level lock, a long sweep)."""
+        """A pooled connection; database errors that mean "wait" become LedgerUnavailable."""
         pool = self._ready_pool()
         try:
             async with pool.acquire(timeout=10) as conn:
                 yield conn
-        except _UNREACHABLE as exc:
-            raise self._lost(exc) from None
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == "unreachable":
+                raise self._lost(exc) from None
+            if kind == "busy":  # the ledger is there: wait the usual pause, then again
+                raise LedgerUnavailable(f"ledger busy: {type(exc).__name__}") from None
+            raise
 
     def _ready_pool(self) -> asyncpg.Pool:
         if not self.available.is_set() or self._pool is None:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from smsbridge.ledger import values as pg
 from smsbridge.ledger.batch import Batcher
 from smsbridge.ledger.connection import Ledger
 
@@ -100,8 +99,8 @@ class StatusLedger:
             [r.request_id for r in records],
             [r.status for r in records],
             [r.at for r in records],
-            [r.reason for r in records],
-            [orjson.dumps(r.detail).decode() for r in records],
+            [pg.text(r.reason) for r in records],
+            [pg.json_text(r.detail) for r in records],
             [r.event_key for r in records],
             [r.detail.get("provider_id") for r in records],
         )

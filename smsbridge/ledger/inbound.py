@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
+from smsbridge.ledger import values as pg
 from smsbridge.ledger.batch import Batcher
 from smsbridge.ledger.connection import Ledger
 from smsbridge.once import Claim, InboundHistory
 from smsbridge.recent import RecentIds
+from smsbridge.waiting import MustWait
 
 LEASE = timedelta(seconds=30)
 
@@ -43,7 +43,7 @@ inserted AS (
            now() + $11::interval, now()
     FROM input
     ON CONFLICT (direction, id) DO NOTHING
-    RETURNING m.id
+    RETURNING m.id, m.claim_token
 ),
 taken AS (
     UPDATE messages AS m
@@ -56,15 +56,17 @@ taken AS (
     WHERE m.direction = 'inbound' AND m.id = input.id
       AND (m.state = 'new' OR (m.state = 'publishing' AND m.claim_until < now()))
     -- doubt_since < now(): it was kept from an earlier transaction, so it is in doubt.
-    RETURNING m.id, CASE WHEN m.doubt_since < now() THEN m.doubt_since END AS in_doubt_since
+    RETURNING m.id, m.claim_token,
+              CASE WHEN m.doubt_since < now() THEN m.doubt_since END AS in_doubt_since
 )
-SELECT input.id,
+-- Matched by token too: of two requests for one id in a batch, only one holds it.
+SELECT input.id, input.token,
        (inserted.id IS NOT NULL OR taken.id IS NOT NULL) AS claimed,
        taken.in_doubt_since,
        existing.state
 FROM input
-LEFT JOIN inserted ON inserted.id = input.id
-LEFT JOIN taken ON taken.id = input.id
+LEFT JOIN inserted ON inserted.id = input.id AND inserted.claim_token = input.token
+LEFT JOIN taken ON taken.id = input.id AND taken.claim_token = input.token
 LEFT JOIN messages AS existing ON existing.direction = 'inbound' AND existing.id = input.id
 """
 
@@ -171,10 +173,18 @@ class LedgerClaims:
     async def succeeded(
         self, claim: Claim, status: str = "delivered_to_pbx", **detail: Any
     ) -> None:
-        if not claim.done:
-            now = datetime.now(UTC)
-            events = [{"status": status, "at": now.isoformat(), "reason": None, "detail": detail}]
-            await self._succeeded.submit((claim.key, uuid.UUID(claim.token), status, events))
+        try:
+            if not claim.done:
+                now = datetime.now(UTC)
+                events = [
+                    {"status": status, "at": now.isoformat(), "reason": None, "detail": detail}
+                ]
+                await self._succeeded.submit((claim.key, uuid.UUID(claim.token), status, events))
+        except MustWait:
+            raise  # recorded on the next try
+        except BaseException:
+            self.recent.finish(claim.key, True)  # published: twins here are duplicates
+            raise
         self.recent.finish(claim.key, True)
 
     async def released(self, claim: Claim, in_doubt_since: datetime | None) -> None:
@@ -201,19 +211,22 @@ class LedgerClaims:
                 key,
                 token,
                 h.provider,
-                h.from_,
-                h.to,
-                h.body,
-                orjson.dumps(h.media).decode() if h.media is not None else None,
+                pg.text(h.from_),
+                pg.text(h.to),
+                pg.text(h.body),
+                pg.json_text(h.media),
                 h.extension,
                 h.created_at,
-                orjson.dumps(h.raw).decode() if h.raw is not None else None,
+                pg.json_text(h.raw),
             )
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         rows = await self.ledger.fetch(_CLAIM, *columns, self.lease)
-        by_id = {r["id"]: _ClaimRow(r["claimed"], r["in_doubt_since"], r["state"]) for r in rows}
-        return [by_id[key] for key, _, _ in items]
+        answers = {
+            (r["id"], r["token"]): _ClaimRow(r["claimed"], r["in_doubt_since"], r["state"])
+            for r in rows
+        }
+        return [answers[key, token] for key, token, _ in items]
 
     async def _succeeded_batch(
         self, items: list[tuple[str, uuid.UUID, str, list[dict[str, Any]]]]
@@ -223,7 +236,7 @@ class LedgerClaims:
             [i[0] for i in items],
             [i[1] for i in items],
             [i[2] for i in items],
-            [orjson.dumps(i[3]).decode() for i in items],
+            [pg.json_text(i[3]) for i in items],
         )
         done = {r["id"] for r in rows}
         return [i[0] in done for i in items]

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
+from smsbridge.ledger import values as pg
 from smsbridge.ledger.batch import Batcher
 from smsbridge.ledger.connection import Ledger
 from smsbridge.once import ClaimLost, OutboundHistory, SendClaim
 from smsbridge.recent import RecentIds
 
 _QUEUED = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[])
+WITH input AS (  -- once per id: the PBX may publish the same request twice in a row
+    SELECT DISTINCT ON (id) * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                          $5::text[], $6::text[], $7::text[])
         AS t(id, provider, from_number, to_number, body, media, extension)
 ),
 inserted AS (
@@ -74,7 +73,7 @@ inserted AS (
            now() + $9::interval
     FROM input
     ON CONFLICT (direction, id) DO NOTHING
-    RETURNING m.id
+    RETURNING m.id, m.claim_token
 ),
 taken AS (
     UPDATE messages AS m
@@ -83,9 +82,10 @@ taken AS (
     FROM input
     WHERE m.direction = 'outbound' AND m.id = input.id
       AND (m.state = 'queued' OR (m.state = 'sending' AND m.claim_until < now()))
-    RETURNING m.id, m.doubt_since
+    RETURNING m.id, m.claim_token, m.doubt_since
 )
-SELECT input.id,
+-- Matched by token too: of two requests for one id in a batch, only one holds it.
+SELECT input.id, input.token,
        (inserted.id IS NOT NULL OR taken.id IS NOT NULL) AS claimed,
        taken.doubt_since AS in_doubt_since,
        existing.state, existing.provider_id, existing.attempts,
@@ -94,8 +94,8 @@ SELECT input.id,
           AND e.message_id = input.id AND e.status = 'failed'
         ORDER BY e.at DESC LIMIT 1) AS reason
 FROM input
-LEFT JOIN inserted ON inserted.id = input.id
-LEFT JOIN taken ON taken.id = input.id
+LEFT JOIN inserted ON inserted.id = input.id AND inserted.claim_token = input.token
+LEFT JOIN taken ON taken.id = input.id AND taken.claim_token = input.token
 LEFT JOIN messages AS existing ON existing.direction = 'outbound' AND existing.id = input.id
 """
 
@@ -163,7 +163,7 @@ def _history_columns(items: list[OutboundHistory | None]) -> list[list[Any]]:
     columns: list[list[Any]] = [[] for _ in range(6)]
     for h in items:
         values = (
-            (h.provider, h.from_, h.to, h.body, orjson.dumps(h.media).decode(), h.extension)
+            (h.provider, h.from_, h.to, pg.text(h.body), pg.json_text(h.media), h.extension)
             if h is not None
             else (None,) * 6
         )
@@ -277,8 +277,8 @@ class LedgerSendClaims:
             *_history_columns([i[2] for i in items]),
             self.lease,
         )
-        by_id = {
-            r["id"]: _ClaimRow(
+        answers = {
+            (r["id"], r["token"]): _ClaimRow(
                 r["claimed"],
                 r["in_doubt_since"],
                 r["state"],
@@ -288,7 +288,7 @@ class LedgerSendClaims:
             )
             for r in rows
         }
-        return [by_id[i[0]] for i in items]
+        return [answers[i[0], i[1]] for i in items]
 
     async def _attempting_batch(self, items: list[tuple[str, uuid.UUID, int]]) -> list[bool]:
         rows = await self.ledger.fetch(

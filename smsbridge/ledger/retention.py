@@ -1,5 +1,6 @@
 """Retention: history older than `ledger.retention_days` is deleted, in small batches (each
-its own short transaction, so no long locks), by one process at a time (an advisory lock)."""
+its own short transaction, so no long locks), by one process at a time (an advisory lock).
+A message still being published or sent is kept unless it has not moved for that long."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ BATCH = 5000
 
 _DELETE_MESSAGES = """
 DELETE FROM messages WHERE seq IN (
-    SELECT seq FROM messages WHERE created_at < $1 ORDER BY created_at LIMIT $2)
+    SELECT seq FROM messages
+    WHERE created_at < $1 AND (state NOT IN ('publishing', 'sending') OR updated_at < $1)
+    ORDER BY created_at LIMIT $2)
 """
 _DELETE_EVENTS = """
 DELETE FROM message_events WHERE seq IN (

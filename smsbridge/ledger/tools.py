@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec
 
 import asyncpg
 import orjson
@@ -38,6 +43,43 @@ async def migrate(config: LedgerConfig) -> int:
     return 0
 
 
+P = ParamSpec("P")
+
+
+class _Unreachable(Exception):
+    pass
+
+
+@asynccontextmanager
+async def _opened(config: LedgerConfig, name: str) -> AsyncIterator[Ledger]:
+    """The ledger, once it answers (at most 15 s); _Unreachable if it does not."""
+    ledger = Ledger(config, name)
+    await ledger.start()
+    try:
+        try:
+            await ledger.wait_available(15)
+        except TimeoutError:
+            raise _Unreachable() from None
+        yield ledger
+    finally:
+        await ledger.close()
+
+
+def _tool(run: Callable[P, Coroutine[Any, Any, int]]) -> Callable[P, Coroutine[Any, Any, int]]:
+    """A tool's exit status, 1 when the ledger does not answer."""
+
+    @functools.wraps(run)
+    async def wrapped(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return await run(*args, **kwargs)
+        except _Unreachable:
+            print("smsbridge: the ledger is not reachable", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+@_tool
 async def history(
     config: LedgerConfig,
     *,
@@ -47,36 +89,27 @@ async def history(
     limit: int,
 ) -> int:
     """Print one message with its timeline, or a search, as JSON lines."""
-    ledger = Ledger(config, "history")
-    await ledger.start()
     try:
-        try:
-            await ledger.wait_available(15)
-        except TimeoutError:
-            print("smsbridge: the ledger is not reachable", file=sys.stderr)
-            return 1
-        if message_id is not None:
-            found = await searches.message(ledger, message_id)
-            if found is None:
-                print(f"smsbridge: no message {message_id!r} in the ledger", file=sys.stderr)
-                return 1
-            _line(found)
+        filters = searches.Filters(
+            number=to_e164(number) if number else None, extension=extension, limit=limit
+        )
+    except (searches.BadFilter, NumberError) as exc:
+        print(f"smsbridge: {exc}", file=sys.stderr)
+        return 2
+    async with _opened(config, "history") as ledger:
+        if message_id is None:
+            for item in (await searches.search(ledger, filters)).messages:
+                _line(item)
             return 0
-        try:
-            filters = searches.Filters(
-                number=to_e164(number) if number else None, extension=extension, limit=limit
-            )
-        except (searches.BadFilter, NumberError) as exc:
-            print(f"smsbridge: {exc}", file=sys.stderr)
-            return 2
-        page = await searches.search(ledger, filters)
-        for item in page.messages:
-            _line(item)
-        return 0
-    finally:
-        await ledger.close()
+        found = await searches.message(ledger, message_id)
+    if found is None:
+        print(f"smsbridge: no message {message_id!r} in the ledger", file=sys.stderr)
+        return 1
+    _line(found)
+    return 0
 
 
+@_tool
 async def optout(
     config: LedgerConfig, action: str, number: str | None, recipient: str | None
 ) -> int:
@@ -89,60 +122,30 @@ async def optout(
     except NumberError as exc:
         print(f"smsbridge: {exc}", file=sys.stderr)
         return 2
-    ledger = Ledger(config, "optout")
-    await ledger.start()
-    try:
-        try:
-            await ledger.wait_available(15)
-        except TimeoutError:
-            print("smsbridge: the ledger is not reachable", file=sys.stderr)
-            return 1
+    async with _opened(config, "optout") as ledger:
         if action == "list":
             for entry in await optouts.list_optouts(ledger, ours):
-                _line(
-                    {
-                        "number": entry.number,
-                        "recipient": entry.recipient,
-                        "keyword": entry.keyword,
-                        "at": entry.at,
-                        "by": entry.by,
-                    }
-                )
+                _line(dataclasses.asdict(entry))
             return 0
         assert ours is not None and theirs is not None
         if action == "add":
             changed = await optouts.opt_out(ledger, ours, theirs, by="cli")
-            print(
-                f"{theirs} opted out of {ours}" if changed else "already opted out",
-                file=sys.stderr,
-            )
+            done = f"{theirs} opted out of {ours}" if changed else "already opted out"
         else:
             changed = await optouts.opt_in(ledger, ours, theirs, by="cli")
-            print(
-                f"{theirs} opted back in to {ours}" if changed else "was not opted out",
-                file=sys.stderr,
-            )
-        return 0 if changed else 1
-    finally:
-        await ledger.close()
+            done = f"{theirs} opted back in to {ours}" if changed else "was not opted out"
+    print(done, file=sys.stderr)
+    return 0 if changed else 1
 
 
+@_tool
 async def sweep(config: LedgerConfig) -> int:
     """`smsbridge db sweep`: delete history past `retention_days` now."""
     from smsbridge.ledger import retention
 
-    ledger = Ledger(config, "sweep")
-    await ledger.start()
-    try:
-        try:
-            await ledger.wait_available(15)
-        except TimeoutError:
-            print("smsbridge: the ledger is not reachable", file=sys.stderr)
-            return 1
+    async with _opened(config, "sweep") as ledger:
         with progress("sweep", unit="row") as bar:
             deleted = await retention.sweep(ledger, config.retention_days, progress=bar.update)
-    finally:
-        await ledger.close()
     if deleted is None:
         print("another process is sweeping right now", file=sys.stderr)
         return 1

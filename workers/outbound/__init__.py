@@ -31,6 +31,7 @@ from smsbridge.ledger.connection import Ledger
 from smsbridge.logs import get_logger
 from smsbridge.metrics import ACCOUNT_QUEUE_DEPTH
 from smsbridge.once import MemorySendClaims, SendClaims
+from smsbridge.waiting import Backoff
 from workers.consumer import Consumer
 from workers.outbound.account import Account
 from workers.outbound.delays import Delays, all_tiers
@@ -108,7 +109,7 @@ class OutboundWorker:
             consumer = self._consumers.get(account)
             if consumer is None:
                 return
-            call: Awaitable[None] = consumer.pause() if action == "pause" else consumer.resume()
+            call = consumer.pause() if action == "pause" else _until_done(consumer.resume)
             task = asyncio.ensure_future(call)
             self._pausing.add(task)
             task.add_done_callback(self._pausing.discard)
@@ -187,3 +188,16 @@ class OutboundWorker:
                 with contextlib.suppress(Exception):
                     depth = await self.broker.queue_depth(topology.account_queue(name))
                     ACCOUNT_QUEUE_DEPTH.labels(name).set(depth)
+
+
+async def _until_done(action: Callable[[], Awaitable[None]]) -> None:
+    """Resuming an account's consumer must not be lost to a passing broker error: the queue
+    would never be consumed again until a restart."""
+    backoff = Backoff()
+    while True:
+        try:
+            await action()
+            return
+        except Exception as exc:
+            log.warning("could not resume consuming; trying again", error=str(exc))
+            await asyncio.sleep(backoff.next())

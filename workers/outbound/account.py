@@ -65,6 +65,8 @@ class Account:
     fresh: bool = True  # no delivery yet since our consumer (re)opened
     # Set while waiters for a slot must stop waiting: draining, or held.
     interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    # Looking up sends whose outcome is unknown, one at a time (see sender.py).
+    reconciling: asyncio.Lock = field(default_factory=asyncio.Lock)
     _prober: asyncio.Task[None] | None = None
 
     @property

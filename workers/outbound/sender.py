@@ -181,17 +181,28 @@ class Sender:
     ) -> str:
         attempts = int_header(message, topology.H_ATTEMPTS)
         if work.in_doubt_since is not None:
-            try:
-                found = await self._look_up(account, message, job, work)
-            except _LookUpLater:
-                return "in_doubt"  # waits in a delay queue
+            # One look-up (and its record) at a time per account: two in-doubt requests with
+            # the same to, from and body must not both take the one record found.
+            async with account.reconciling:
+                try:
+                    found = await self._look_up(account, message, job, work)
+                except _LookUpLater:
+                    return "in_doubt"  # waits in a delay queue
+                if found is not None:
+                    await self._record_sent(work, found, attempts)
             if found is not None:
-                await self._record_sent(work, found, attempts)
                 await self._status_sent(job, found, attempts)
                 log.info("a send whose outcome was unknown had been accepted", provider_id=found)
                 return "reconciled"
             log.info("a send whose outcome was unknown was not accepted; sending it now")
             work.in_doubt_since = None
+            if self._too_old(message):
+                reason = f"gave up after {attempts} attempts whose outcome stayed unknown"
+                await self._settle(work, "failed", reason, attempts)
+                await fail(self.broker, job.id, reason, attempts, job.segments)
+            waiting = await self._policy(account, message, job, work)  # it may have changed
+            if waiting is not None:
+                return waiting
         dlr = self._dlr_url(job, account, attempts + 1)
         payload = message_body(job.to, job.from_, job.body, job.media_urls, dlr)
         try:
@@ -207,13 +218,24 @@ class Sender:
         except Transient as exc:
             if work.in_doubt_since is not None:
                 await self._later(
-                    message, account, self.settings.reconcile_after, exc.reason, exc.attempts
+                    message,
+                    account,
+                    self.settings.reconcile_after,
+                    exc.reason,
+                    exc.attempts,
+                    {topology.H_RETRYING_SINCE: _retrying_since(message)},
                 )
                 return "in_doubt"
             return await self._retry_later(message, account, job, work, exc)
         await self._record_sent(work, sent.provider_id, attempts)
         await self._status_sent(job, sent.provider_id, attempts)
         return "sent"
+
+    def _too_old(self, message: AbstractIncomingMessage) -> bool:
+        """Retrying for longer than `max_age_seconds` (waits for quiet hours or a held account
+        do not count: they are not failures)."""
+        since = int_header(message, topology.H_RETRYING_SINCE)
+        return bool(since) and time.time() - since / 1000 > self.settings.max_age_seconds
 
     async def _attempts(
         self,
@@ -299,13 +321,15 @@ class Sender:
         delays = self.settings.retry_delays  # never empty: the configuration requires one
         rounds = int_header(message, topology.H_RETRIES)
         delay = delays[min(rounds, len(delays) - 1)]
-        first_seen = int_header(message, topology.H_FIRST_SEEN) / 1000 or time.time()
-        age = time.time() - first_seen
+        # Counted from the first failure, not from when the request arrived: a night in
+        # quiet hours or a held account must not use up the retry window.
+        since = _retrying_since(message)
+        age = time.time() - since / 1000
         if age + delay > self.settings.max_age_seconds:
             reason = f"gave up after {exc.attempts} attempts over {age:.0f} s: {exc.reason}"
             await self._settle(work, "failed", reason, exc.attempts)
             await fail(self.broker, job.id, reason, exc.attempts, job.segments)
-        headers = {topology.H_RETRIES: rounds + 1}
+        headers = {topology.H_RETRIES: rounds + 1, topology.H_RETRYING_SINCE: since}
         await self._later(message, account, delay, exc.reason, exc.attempts, headers, exact=True)
         SEND_RETRIES.labels(account.name, "delayed").inc()
         log.warning("send failed, retrying later", reason=exc.reason, retry_in=delay)
@@ -372,6 +396,11 @@ class Sender:
             job.segments,
         )
         return self._dlr_base + receipt_token.sign(self._dlr_secret, ref)
+
+
+def _retrying_since(message: AbstractIncomingMessage) -> int:
+    """Epoch milliseconds of the request's first failure (now, if this is it)."""
+    return int_header(message, topology.H_RETRYING_SINCE) or now_ms()
 
 
 def _outcome(exc: Exception) -> str:

@@ -50,19 +50,20 @@ CREATE INDEX message_events_at ON message_events (at);
 CREATE INDEX messages_created ON messages (created_at DESC, seq DESC);
 CREATE INDEX messages_provider_id ON messages (provider_id) WHERE provider_id IS NOT NULL;
 
--- An outbound status only moves forward: a late 'sent' never hides a 'delivered'.
+-- A status only moves forward: a late 'sent' never hides a 'delivered', and a 'failed'
+-- (say, a second request with an id already used) never hides a message that was sent.
 CREATE FUNCTION smsbridge_status_rank(status text) RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE status
         WHEN 'queued' THEN 0
         WHEN 'received' THEN 0
+        WHEN 'failed' THEN 1
+        WHEN 'blocked' THEN 1
         WHEN 'sent' THEN 2
         WHEN 'delivered_to_pbx' THEN 2
         WHEN 'unrouted' THEN 2
         WHEN 'delivered' THEN 4
         WHEN 'undelivered' THEN 4
-        WHEN 'failed' THEN 5
-        WHEN 'blocked' THEN 5
         ELSE 1
     END
 $$;
