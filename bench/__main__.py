@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import pg
 from bench import procs as p
 from bench.scenarios import Context, e2e, ingest, outbound
 from bench.stats import Table
@@ -54,6 +55,13 @@ def selected(only: str | None) -> list[str]:
             if item not in names:
                 names.append(item)
     return names
+
+
+def ledger_variants(raw: str) -> tuple[str, ...]:
+    variants = tuple(v.strip() for v in raw.split(",") if v.strip())
+    if not variants or any(v not in pg.VARIANTS for v in variants):
+        raise SystemExit(f"--ledger takes {', '.join(pg.VARIANTS)} (comma-separated), got {raw!r}")
+    return variants
 
 
 def machine_table() -> Table:
@@ -118,7 +126,9 @@ async def main_async(args: argparse.Namespace) -> int:
     print("\n".join(header) + "\n\n" + machine.markdown(), flush=True)
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="smsbridge-bench-") as tmp:
-        ctx = Context(quick=args.quick, workdir=Path(tmp), logdir=logdir)
+        ctx = Context(
+            quick=args.quick, workdir=Path(tmp), logdir=logdir, ledgers=ledger_variants(args.ledger)
+        )
         for name in names:
             scenario, description = SCENARIOS[name]
             print(f"==> {name}: {description}", file=sys.stderr, flush=True)
@@ -152,6 +162,12 @@ def main() -> int:
         "--only",
         metavar="NAME",
         help="comma-separated: " + ", ".join([*SCENARIOS, *GROUPS]),
+    )
+    parser.add_argument(
+        "--ledger",
+        default=",".join(pg.VARIANTS),
+        help="where the ledger matters (e2e, resolver, outbound-throughput), run without (off) "
+        "and/or with (on) it; default: off,on",
     )
     parser.add_argument("--output", default=str(p.RESULTS / "latest.md"))
     args = parser.parse_args()

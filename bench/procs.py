@@ -352,8 +352,10 @@ def bridge_config(
     numbers: Sequence[Number] = (INBOUND_NUMBER,),
     concurrency: int = 256,
     prefetch: int = 200,
+    ledger_url: str | None = None,
 ) -> Path:
-    """Write a bridge configuration: JSON logs at level warning, no delivery receipts."""
+    """Write a bridge configuration: JSON logs at level warning, no delivery receipts; with
+    ``ledger_url`` a ``[ledger]`` section (migrations applied at start)."""
     lines = [
         "[broker]",
         f'url = "{amqp_url}"',
@@ -373,6 +375,8 @@ def bridge_config(
         'level = "warning"',
         'format = "json"',
     ]
+    if ledger_url:
+        lines += ["", "[ledger]", f'url = "{ledger_url}"']
     for p in providers:
         lines += [
             "",
@@ -442,9 +446,10 @@ def machine_info() -> list[tuple[str, str]]:
         ("kernel", platform.release()),
         ("Python", platform.python_version()),
         ("RabbitMQ", rabbit),
+        ("PostgreSQL (the ledger)", _version(["psql", "--version"])),
         (
-            "aiohttp / aio-pika",
-            f"{version('aiohttp')} / {version('aio-pika')}",
+            "aiohttp / aio-pika / asyncpg",
+            f"{version('aiohttp')} / {version('aio-pika')} / {version('asyncpg')}",
         ),
         ("wrk", _version([wrk, "-v"]) if wrk else "not installed"),
     ]

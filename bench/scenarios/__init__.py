@@ -22,6 +22,7 @@ class Context:
     quick: bool
     workdir: Path  # configurations and media (temporary)
     logdir: Path  # component logs, kept under bench/results/logs
+    ledgers: tuple[str, ...] = ("off", "on")  # bench.pg.VARIANTS to run where the ledger matters
     tables: list[Table] = field(default_factory=list)
     memory: list[tuple[str, str, float | None]] = field(default_factory=list)
 

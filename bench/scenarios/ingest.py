@@ -8,6 +8,7 @@ Full runs alternate the order (reference, gateway, gateway, reference) against d
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import shutil
@@ -155,6 +156,11 @@ async def run(ctx: Context) -> None:
     )
     verdict = "met" if ratio >= 0.9 else "NOT met"
     table.notes.append(f"target >= 0.90x the reference's throughput: {verdict} ({ratio:.2f}x)")
+    table.notes.append(
+        f"event loop: {type(asyncio.get_event_loop_policy()).__name__} (asyncio's default, no "
+        "uvloop) for both the gateway and the reference; the gateway does not use the ledger "
+        "(it only publishes), so ingest is the same with and without it"
+    )
     table.notes.append(
         "server CPU ms/request = the receiver process's user+system CPU during the run / "
         "requests: less sensitive than req/s to what else the machine is doing"
