@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import pg
 from bench import procs as p
-from bench.scenarios import Context, e2e, ingest, outbound
+from bench.scenarios import Context, e2e, history, ingest, outbound
 from bench.stats import Table
 
 Scenario = Callable[[Context], Awaitable[None]]
@@ -34,6 +34,7 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "outbound-throughput": (outbound.throughput, "one outbound worker, limits lifted"),
     "outbound-accounts": (outbound.accounts, "200 accounts at 5 SMS/s each"),
     "outbound-isolation": (outbound.isolation, "account B's latency behind A's backlog"),
+    "history": (history.run, "the console's list and search with 1,000,000 messages"),
 }
 GROUPS = {
     "end-to-end": ["e2e", "resolver"],
