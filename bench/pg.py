@@ -8,6 +8,7 @@ at start (``[ledger] migrate = true``), as in production.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sys
@@ -37,14 +38,18 @@ async def fresh_database(tag: str) -> AsyncIterator[str]:
     try:
         yield admin_url(name)
     finally:
-        try:
+
+        async def drop() -> None:
             admin = await asyncpg.connect(admin_url())
             try:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             finally:
                 await admin.close()
-        except Exception as exc:  # say so, do not mask the run's own error
-            print(f"warning: could not drop database {name}: {exc}", file=sys.stderr)
+
+        try:
+            await asyncio.shield(drop())
+        except BaseException as exc:  # say so, do not mask the run's own error
+            print(f"warning: could not drop database {name}: {exc!r}", file=sys.stderr)
 
 
 @asynccontextmanager
@@ -57,23 +62,27 @@ async def ledger_for(variant: str, tag: str) -> AsyncIterator[str | None]:
         yield url
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU (user + system) used so far by every process named ``postgres`` on this machine.
-
-    Backends that ended are not counted, but the bridge's pooled connections live for the whole
-    run, so the difference across a run is what PostgreSQL spent on it (plus its background
-    writers, which work for it too)."""
-    total = 0
-    tick = os.sysconf("SC_CLK_TCK")
+def postgres_cpu() -> dict[int, int]:
+    """CPU ticks (user + system) used so far by each process named ``postgres``, by pid."""
+    ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         with contextlib.suppress(OSError):
             with open(f"/proc/{entry}/stat") as f:
                 text = f.read()
-            comm = text[text.index("(") + 1 : text.rindex(")")]
-            if comm != "postgres" and not comm.startswith("postgres:"):
+            if text[text.index("(") + 1 : text.rindex(")")] != "postgres":
                 continue
             fields = text.rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def postgres_cpu_seconds(since: dict[int, int] | None = None) -> float:
+    """CPU seconds PostgreSQL's processes used since the sample ``since`` (or in all):
+    per process, so a backend that ended meanwhile takes nothing away. It includes the server's
+    background processes and any other session's backends on the machine."""
+    now = postgres_cpu()
+    before = since or {}
+    total = sum(ticks - before.get(pid, 0) for pid, ticks in now.items())
+    return total / os.sysconf("SC_CLK_TCK")

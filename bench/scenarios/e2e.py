@@ -49,7 +49,7 @@ async def latency_run(ctx: Context, rate: float, ledger: str) -> dict[str, Any]:
         await start_worker(procs, config, "resolver")
         await amqp.wait_consumers(conn, topology.INBOUND_QUEUE)
 
-        pg_cpu = pg.postgres_cpu_seconds()
+        pg_cpu0 = pg.postgres_cpu()
         gen = await run_loadgen(
             f"http://127.0.0.1:{port}/flowrouteinbound", rate, seconds, prefix, drain=90
         )
@@ -61,7 +61,7 @@ async def latency_run(ctx: Context, rate: float, ledger: str) -> dict[str, Any]:
             return mid.startswith(measured) and not mid.startswith(warm)
 
         complete = await collector.wait_for(gen["ok"], where=ours, stall=15.0)
-        pg_cpu = pg.postgres_cpu_seconds() - pg_cpu
+        pg_cpu = pg.postgres_cpu_seconds(pg_cpu0)
         procs.check()
         ctx.record_memory(f"e2e {int(rate)}/s ledger {ledger}", procs)
 
@@ -125,11 +125,11 @@ async def resolver_run(ctx: Context, ledger: str) -> dict[str, Any]:
         config = p.bridge_config(
             ctx.config_path(run), url, gateway_port=p.free_port(), ledger_url=ledger_url
         )
-        pg_cpu = pg.postgres_cpu_seconds()
+        pg_cpu0 = pg.postgres_cpu()
         started = time.time()
         resolver = await start_worker(procs, config, "resolver")
         complete = await collector.wait_for(n, stall=15.0)
-        pg_cpu = pg.postgres_cpu_seconds() - pg_cpu
+        pg_cpu = pg.postgres_cpu_seconds(pg_cpu0)
         procs.check()
         cpu = resolver.cpu_seconds()
         ctx.record_memory(f"resolver ledger {ledger}", procs)

@@ -64,7 +64,8 @@ OURS_SHORT_CODE = "+18885550199"  # a toll-free line, little traffic
 PROVIDERS = (("main", 0.9), ("backup", 0.1))
 INBOUND_SHARE = 0.55
 
-# Latest status per direction, as shares of that direction (contract §10, schemas.history).
+# Latest status per direction, as shares of that direction
+# (docs/contract.md, section 10; schemas.history).
 INBOUND_STATUSES = (("delivered_to_pbx", 0.9745), ("unrouted", 0.025), ("received", 0.0005))
 OUTBOUND_STATUSES = (
     ("delivered", 0.86),

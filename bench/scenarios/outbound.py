@@ -150,7 +150,7 @@ async def throughput_run(ctx: Context, ledger: str) -> dict[str, Any]:
             topology.SEND_KEY,
             (request(f"oa-{tag}-{i}", "100") for i in range(n)),
         )
-        pg_cpu = pg.postgres_cpu_seconds()
+        pg_cpu0 = pg.postgres_cpu()
         sandbox_cpu = sandbox_proc.cpu_seconds()
         started = time.time()
         worker = await start_worker(procs, config, "outbound")
@@ -160,7 +160,7 @@ async def throughput_run(ctx: Context, ledger: str) -> dict[str, Any]:
         sandbox_cpu = sandbox_proc.cpu_seconds() - sandbox_cpu
         stats = await sandbox_call(sandbox, "GET", "/_sandbox/stats")
         ctx.record_memory(f"outbound a (throughput) ledger {ledger}", procs)
-        pg_cpu = pg.postgres_cpu_seconds() - pg_cpu
+        pg_cpu = pg.postgres_cpu_seconds(pg_cpu0)
 
     sent = sent_times(collector)
     times = sorted(sent.values())
