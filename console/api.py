@@ -21,6 +21,7 @@ from schemas.history import (
     Message,
     MessageDetail,
     MessagePage,
+    NotRequeued,
     OptOutList,
     OptOutRequest,
     ParkedList,
@@ -73,8 +74,9 @@ async def requeue_parked(request: web.Request) -> web.Response:
         raise Problem(404, f"no such stage (one of {', '.join(STAGES)})")
     asked = await _body(request, RequeueRequest)
     ids = None if asked.all else set(asked.ids or ())
-    count = await request.app[PARKING].requeue(stage, ids)
-    return json_response(RequeueResult(requeued=count))
+    report = await request.app[PARKING].requeue(stage, ids)
+    left = [NotRequeued(id=item.message_id, reason=item.reason) for item in report.not_requeued]
+    return json_response(RequeueResult(requeued=len(report.done), not_requeued=left))
 
 
 async def list_accounts(request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ from console.state import AUTH, BROKER, CONFIG, LEDGER, PARKING, TEMPLATES
 from smsbridge.broker import Broker
 from smsbridge.config import Config
 from smsbridge.ledger.connection import Ledger
-from smsbridge.logs import get_logger
+from smsbridge.logs import get_logger, mask_configured
 
 log = get_logger(__name__)
 
@@ -39,6 +39,9 @@ def build_app(
     given them."""
     if config.ledger is None or config.console is None:
         raise ConsoleNotConfigured("the console needs a [ledger] and a [console] section")
+    # The token (a console secret, typed into forms and headers) must not reach a log line in
+    # any form, nor any other configured secret: mask them literally, not only by shape.
+    mask_configured(config)
     checks = auth.Auth(config.console)
     app = web.Application(middlewares=[errors, auth.middleware(checks)], client_max_size=MAX_BODY)
     app[CONFIG] = config
@@ -54,12 +57,17 @@ def build_app(
     if broker is None:
         app.cleanup_ctx.append(_broker_lifecycle)
     app.on_response_prepare.append(secure_headers(media_origin(config)))
+    app.on_cleanup.append(_flush_logs)
 
     auth.add_routes(app)
     api.add_routes(app)
     pages.add_routes(app)
     app.router.add_static("/static", STATIC, name="static")
     return app
+
+
+async def _flush_logs(app: web.Application) -> None:
+    app[AUTH].log_throttle.flush()
 
 
 async def _ledger_lifecycle(app: web.Application) -> AsyncIterator[None]:

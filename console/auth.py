@@ -11,8 +11,11 @@
 - **CSRF**: every POST/DELETE made with the cookie carries the session's CSRF token (an HMAC of
   its id), in the form field `csrf` or the `X-CSRF-Token` header; else `403`. Bearer requests
   are exempt: no browser adds that header on its own.
-- **Login rate limit**: failed attempts are counted per client address; after 5 within a
-  minute, further attempts get `429` (with Retry-After) until the oldest is a minute old.
+- **Login rate limit**: failed attempts are counted per client address (behind
+  `console.trusted_proxies`, the client their X-Forwarded-For names); after 5 within a
+  minute, further attempts get `429` (with Retry-After) until the oldest is a minute old. A
+  guess is counted once its body is in, in the same step as it is checked: clients that send
+  their bodies late cannot all pass the check first. Their log lines are throttled.
 
 Anything else gets `401`: JSON under /api/, a redirect to the login page elsewhere.
 """
@@ -36,9 +39,10 @@ from aiohttp.typedefs import Handler, Middleware
 from console.render import render
 from console.responses import Problem, is_api, redirect
 from console.state import AUTH, IDENTITY
+from gateway.access import SourceCheck
 from schemas.history import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE
 from smsbridge.config import ConsoleConfig
-from smsbridge.logs import get_logger
+from smsbridge.logs import Throttle, get_logger
 
 log = get_logger(__name__)
 
@@ -107,7 +111,8 @@ class Sessions:
         return f"{payload}.{self._sign(payload)}", session
 
     def verify(self, cookie: str | None) -> Session | None:
-        if not cookie or len(cookie) > 200:
+        # Ours are ASCII; other bytes arrive as surrogates that would not even encode.
+        if not cookie or len(cookie) > 200 or not cookie.isascii():
             return None
         session_id, _, rest = cookie.partition(".")
         expires, _, signature = rest.partition(".")
@@ -179,6 +184,15 @@ class Auth:
         self.sessions = Sessions(token, config.session_hours)
         self.limiter = LoginLimiter()
         self.secure_cookie = (config.public_url or "").startswith("https://")
+        self._proxies = SourceCheck((), config.trusted_proxies)
+        # Anyone can post wrong tokens: a few lines a minute per kind, then how many were not
+        # written (flushed when the console stops, too).
+        self.log_throttle = Throttle(10, window=60.0)
+
+    def client(self, request: web.Request) -> str:
+        """Who is logging in: the peer, or behind a trusted proxy the client it names."""
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        return self._proxies.client_ip(request.remote, forwarded) or "unknown"
 
     def token_ok(self, given: str) -> bool:
         return hmac.compare_digest(_digest(given), self._token)
@@ -281,13 +295,15 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     auth = request.app[AUTH]
-    client = request.remote or "unknown"
-    wait = auth.limiter.retry_after(client)
+    client = auth.client(request)
     form = await request.post()
+    # From here to failed(): no await, so no other guess is checked in between.
+    wait = auth.limiter.retry_after(client)
     raw_next = form.get("next")
     target = safe_next(raw_next if isinstance(raw_next, str) else None)
     if wait is not None:
-        log.warning("console login rate-limited", client=client)
+        if auth.log_throttle.allow("console login rate-limited"):
+            log.warning("console login rate-limited", client=client)
         response = render(
             request,
             "login.html",
@@ -300,7 +316,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     given = form.get("token")
     if not isinstance(given, str) or not auth.token_ok(given.strip()):
         auth.limiter.failed(client)
-        log.warning("console login refused", client=client)
+        if auth.log_throttle.allow("console login refused"):
+            log.warning("console login refused", client=client)
         return render(
             request, "login.html", status=401, next=target, error="That token is not right."
         )

@@ -41,11 +41,12 @@ def moment(value: str, name: str, *, dates: bool = False, end: bool = False) -> 
     if dates and len(text) == 10:
         try:
             day = date.fromisoformat(text)
-        except ValueError:
-            pass
-        else:
             start = datetime.combine(day, time(), UTC)
             return start + timedelta(days=1) if end else start
+        except OverflowError:  # the end of 9999-12-31
+            raise BadFilter(f"{name} must be a time between 1970 and 9999") from None
+        except ValueError:
+            pass
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -59,6 +60,8 @@ def _text(query: Mapping[str, str], name: str) -> str | None:
     value = query.get(name)
     if value is None:
         return None
+    if "\x00" in value:  # no filter holds one, and PostgreSQL's text cannot
+        raise BadFilter(f"{name} must not contain a NUL character")
     value = value.strip()
     return value or None
 
@@ -87,4 +90,5 @@ def from_query(
         limit=limit,
         cursor=_text(query, "cursor"),
         after=_text(query, "after"),
+        live=_text(query, "live"),
     )

@@ -11,10 +11,10 @@ from aiohttp import web
 
 from console import accounts, filters, optouts
 from console.auth import changed_by
-from console.parked import BrokerUnavailable
+from console.parked import BrokerUnavailable, ParkingBusy
 from console.parked import view as parked_view
 from console.render import conversation_url, query_url, render
-from console.responses import BROKER_DOWN, Problem, redirect
+from console.responses import BROKER_DOWN, PARKING_BUSY, Problem, redirect
 from console.state import BROKER, CONFIG, LEDGER, PARKING
 from schemas.history import DIRECTIONS, STAGES, STATUSES, Message, MessageDetail, Parked
 from smsbridge.ledger import history
@@ -39,7 +39,14 @@ def _flash(request: web.Request) -> str | None:
     done, stage = request.query.get("requeued"), request.query.get("stage")
     if done is not None and done.isdigit() and stage in STAGES:
         plural = "" if done == "1" else "s"
-        return f"Requeued {done} message{plural} from {stage}."
+        text = f"Requeued {done} message{plural} from {stage}."
+        left = request.query.get("left", "")
+        if left.isdigit() and left != "0":
+            text += (
+                f" {left} could not be (the broker refused or could not route them): still"
+                " parked, see the console's log for why."
+            )
+        return text
     return FLASH.get(request.query.get("flash", ""))
 
 
@@ -68,8 +75,8 @@ async def messages_page(request: web.Request) -> web.Response:
             live_url=None,
             searching=bool(search),
         )
-    found = await history.search(request.app[LEDGER], wanted)
     first_page = wanted.cursor is None
+    found = await history.search(request.app[LEDGER], wanted, live=first_page)
     return render(
         request,
         "messages.html",
@@ -83,26 +90,26 @@ async def messages_page(request: web.Request) -> web.Response:
         if found.next_cursor
         else None,
         newest_url=None if first_page else query_url("/", search),
-        live_url=query_url(LIVE_PATH, {**search, "after": found.top_cursor})
-        if first_page
-        else None,
+        live_url=query_url(LIVE_PATH, {**search, "live": found.live}) if first_page else None,
         searching=bool(search),
     )
 
 
 async def live_messages(request: web.Request) -> web.Response:
-    """What arrived above the page's first row (htmx polls it): rows to prepend, and the
-    poller again with its new position; 204 when nothing did."""
+    """What was recorded since the page (or the last poll) looked, newest first (htmx polls
+    it): rows to prepend, and the poller again with its new position; 204 when nothing at all
+    was recorded meanwhile. The position moves on even when nothing matched the filters, so
+    each poll looks only at what is new."""
     wanted = filters.from_query(request.query, dates=True, limit=PAGE)
-    found = await history.search(request.app[LEDGER], wanted)
-    if not found.messages:
+    found = await history.search(request.app[LEDGER], wanted, live=True)
+    if not found.messages and found.live == wanted.live:
         return web.Response(status=204)
     search = {k: request.query.get(k, "") for k in filters.FIELDS}
     return render(
         request,
         "_live.html",
         messages=_messages(found),
-        live_url=query_url(LIVE_PATH, {**search, "after": found.top_cursor}),
+        live_url=query_url(LIVE_PATH, {**search, "live": found.live}),
         gap_url=query_url("/", search) if found.next_cursor else None,
     )
 
@@ -121,18 +128,20 @@ async def conversation_page(request: web.Request) -> web.Response:
     theirs = filters.number(request.match_info["theirs"], "their number")
     path = conversation_url(ours, theirs)
     query = request.query
-    cursor, after = query.get("cursor") or None, query.get("after") or None
-    wanted = Filters(number=ours, peer=theirs, limit=PAGE, cursor=cursor, after=after)
-    found = await history.search(request.app[LEDGER], wanted)
+    cursor, live = query.get("cursor") or None, query.get("live") or None
+    wanted = Filters(number=ours, peer=theirs, limit=PAGE, cursor=cursor, live=live)
+    found = await history.search(
+        request.app[LEDGER], wanted, live=cursor is None or live is not None
+    )
     messages = list(reversed(_messages(found)))  # oldest first, like a phone
-    if after is not None:  # the live part: bubbles to append
-        if not messages:
+    if live is not None:  # the live part: bubbles to append (see live_messages)
+        if not messages and found.live == live:
             return web.Response(status=204)
         return render(
             request,
             "_bubbles_live.html",
             messages=messages,
-            live_url=query_url(path, {"after": found.top_cursor}),
+            live_url=query_url(path, {"live": found.live}),
         )
     return render(
         request,
@@ -143,7 +152,7 @@ async def conversation_page(request: web.Request) -> web.Response:
         messages=messages,
         older_url=query_url(path, {"cursor": found.next_cursor}) if found.next_cursor else None,
         newest_url=path if cursor else None,
-        live_url=query_url(path, {"after": found.top_cursor}) if cursor is None else None,
+        live_url=query_url(path, {"live": found.live}) if cursor is None else None,
     )
 
 
@@ -156,6 +165,8 @@ async def parked_page(request: web.Request) -> web.Response:
         found = [parked_view(p) for p in await request.app[PARKING].peek()]
     except BrokerUnavailable:
         found, error, status = [], BROKER_DOWN, 503
+    except ParkingBusy:
+        found, error, status = [], PARKING_BUSY, 503
     by_stage: dict[str, list[Parked]] = {stage: [] for stage in STAGES}
     for item in found:
         by_stage[item.stage].append(item)
@@ -193,8 +204,11 @@ async def requeue(request: web.Request) -> web.Response:
     form = await request.post()
     ids = {v for v in form.getall("ids", []) if isinstance(v, str)}
     every = form.get("all") == "1"
-    count = await request.app[PARKING].requeue(stage, None if every else ids)
-    return redirect(query_url("/parked", {"requeued": count, "stage": stage}))
+    report = await request.app[PARKING].requeue(stage, None if every else ids)
+    done = {"requeued": len(report.done), "stage": stage}
+    if report.not_requeued:
+        done["left"] = len(report.not_requeued)
+    return redirect(query_url("/parked", done))
 
 
 # -- accounts --------------------------------------------------------------------------------
@@ -255,7 +269,10 @@ async def add_optout(request: web.Request) -> web.Response:
         number, recipient = _pair(form)
     except BadFilter as exc:
         return await _optouts(request, status=400, error=str(exc), **form)
-    added, _ = await optouts.add(request.app[LEDGER], number, recipient, changed_by(request))
+    try:
+        added, _ = await optouts.add(request.app[LEDGER], number, recipient, changed_by(request))
+    except optouts.NotApplied as exc:
+        return await _optouts(request, status=409, error=f"Not changed: {exc}.", **form)
     return redirect(f"/optouts?flash={'added' if added else 'exists'}")
 
 
@@ -264,7 +281,10 @@ async def remove_optout(request: web.Request) -> web.Response:
         number, recipient = _pair(await _posted_pair(request))
     except BadFilter as exc:
         return await _optouts(request, status=400, error=str(exc))
-    removed = await optouts.remove(request.app[LEDGER], number, recipient, changed_by(request))
+    try:
+        removed = await optouts.remove(request.app[LEDGER], number, recipient, changed_by(request))
+    except optouts.NotApplied as exc:
+        return await _optouts(request, status=409, error=f"Not changed: {exc}.")
     return redirect(f"/optouts?flash={'removed' if removed else 'missing'}")
 
 

@@ -11,7 +11,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
-from console.parked import BrokerUnavailable
+from console.optouts import NotApplied
+from console.parked import BrokerUnavailable, ParkingBusy, RequeueInterrupted
 from schemas.history import Error
 from smsbridge.ledger.connection import LedgerUnavailable
 from smsbridge.ledger.history import BadFilter
@@ -22,6 +23,7 @@ log = get_logger(__name__)
 API_ROOT = "/api/"
 LEDGER_DOWN = "the ledger (PostgreSQL) is not reachable right now; try again shortly"
 BROKER_DOWN = "the broker (RabbitMQ) is not reachable right now; try again shortly"
+PARKING_BUSY = "a requeue of parked messages is still running; try again shortly"
 
 
 class Problem(Exception):
@@ -88,6 +90,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    409: "Not changed",
     413: "Too large",
     429: "Too many attempts",
     500: "Something went wrong",
@@ -109,10 +112,16 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(request, exc.status, exc.message, exc.headers)
     except BadFilter as exc:
         return error_response(request, 400, str(exc))
+    except NotApplied as exc:
+        return error_response(request, 409, str(exc))
     except LedgerUnavailable:
         return error_response(request, 503, LEDGER_DOWN, {"Retry-After": "5"})
     except BrokerUnavailable:
         return error_response(request, 503, BROKER_DOWN, {"Retry-After": "5"})
+    except ParkingBusy:
+        return error_response(request, 503, PARKING_BUSY, {"Retry-After": "5"})
+    except RequeueInterrupted as exc:
+        return error_response(request, 503, f"the requeue stopped: {exc}", {"Retry-After": "5"})
     except asyncio.CancelledError:
         raise
     except Exception as exc:

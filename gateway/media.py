@@ -1,4 +1,9 @@
-"""GET /media/<key>: inbound MMS media stored by the media worker, for the PBX to fetch."""
+"""GET /media/<key>: inbound MMS media stored by the media worker, for the PBX to fetch.
+
+Anyone who can text the number chooses what is served here: only pictures, audio and video
+are shown inline (the console's <img> and links); anything else (HTML, SVG, PDF, text) is a
+download, so even a link opened in a tab never renders it as a page.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,13 @@ import asyncio
 from aiohttp import web
 
 from gateway.state import MEDIA_STORE
+
+INLINE_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"})
+
+
+def shown_inline(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind in INLINE_IMAGES or kind.startswith(("audio/", "video/"))
 
 
 async def serve_media(request: web.Request) -> web.StreamResponse:
@@ -26,7 +38,9 @@ async def serve_media(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "private, max-age=86400",
         "ETag": f'"{meta.sha256}"',
     }
+    disposition = "inline" if shown_inline(meta.content_type) else "attachment"
     if meta.file_name:
         safe = meta.file_name.replace('"', "").replace("\\", "")
-        headers["Content-Disposition"] = f'inline; filename="{safe}"'
+        disposition += f'; filename="{safe}"'
+    headers["Content-Disposition"] = disposition
     return web.FileResponse(path, headers=headers)

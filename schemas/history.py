@@ -146,8 +146,20 @@ class RequeueRequest(_Model):
         return self
 
 
+class NotRequeued(_Model):
+    """A parked message a requeue left where it was."""
+
+    id: str = Field(description="The AMQP message_id")
+    reason: str = Field(description="Why, e.g. unroutable where it first entered")
+
+
 class RequeueResult(_Model):
     requeued: int = Field(ge=0, description="How many messages were published again")
+    not_requeued: list[NotRequeued] = Field(
+        default_factory=list,
+        description="Messages the broker refused or could not route: still parked, the others "
+        "were requeued",
+    )
 
 
 # -- accounts ------------------------------------------------------------------------------
@@ -231,8 +243,8 @@ pages embed it); without it the answer is `403`. Bearer requests need no CSRF to
 
 JSON (`application/json`). Times are RFC 3339, UTC. Every error is `{{"error": "..."}}`:
 `400` a malformed filter or body, `401` not authenticated, `403` CSRF token missing or wrong,
-`404` unknown, `503` the ledger (PostgreSQL) or the broker (RabbitMQ) cannot be reached right
-now (try again).
+`404` unknown, `409` an opt-out change not applied (a later change of the pair stands), `503`
+the ledger (PostgreSQL) or the broker (RabbitMQ) cannot be reached right now (try again).
 
 ## Pages
 
@@ -246,6 +258,8 @@ _ERRORS = {
     "401": "Not authenticated",
     "403": "CSRF token missing or wrong (cookie sessions)",
     "404": "Unknown",
+    "409": "Not applied: a later change of the pair is recorded (e.g. a keyword dated after "
+    "now); the error says what stands",
     "503": "The ledger or the broker cannot be reached right now",
 }
 
@@ -346,13 +360,19 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "requeueParked",
                 "summary": "Publish parked messages again where they first entered",
+                "description": "Only the messages parked when the requeue begins: one its "
+                "worker parks again at once waits for the next requeue. A message the broker "
+                "refuses or cannot route stays parked (`not_requeued`) while the others are "
+                "requeued. A `503` may come part way (the broker connection lost, the ledger "
+                "away): its error says how many were requeued before it; the rest are still "
+                "parked.",
                 "parameters": [stage],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref(RequeueRequest)}},
                 },
                 "responses": _responses(
-                    {"200": _json(RequeueResult, "How many were requeued")},
+                    {"200": _json(RequeueResult, "How many were requeued, and any left parked")},
                     "400",
                     "403",
                     "404",
@@ -388,6 +408,7 @@ def _paths() -> dict[str, Any]:
                     },
                     "400",
                     "403",
+                    "409",
                     "503",
                 ),
             },
@@ -401,7 +422,7 @@ def _paths() -> dict[str, Any]:
                     _path("recipient", "Theirs, E.164"),
                 ],
                 "responses": _responses(
-                    {"204": {"description": "Removed"}}, "400", "403", "404", "503"
+                    {"204": {"description": "Removed"}}, "400", "403", "404", "409", "503"
                 ),
             }
         },

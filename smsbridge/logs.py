@@ -3,6 +3,9 @@ per-message context through contextvars, and a processor that masks secrets.
 
 `Throttle` rate-limits lines that hostile input can produce at will (one warning per refused
 request): at most N per second per reason, then one summary line with the count suppressed.
+
+The patterns below find credentials by their shape; the configured secrets themselves
+(`mask_configured`) are masked literally too, whatever characters they hold.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
+from pydantic import BaseModel, SecretStr
 
 _SECRET_KEYS = re.compile(
     r"(authorization|password|passwd|secret|access_key|secret_key|token|api_key|cookie)", re.I
@@ -25,11 +30,67 @@ _SECRET_KEYS = re.compile(
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I)
 _BASIC = re.compile(r"(Basic|Bearer)\s+[A-Za-z0-9+/=._-]+", re.I)
 MASK = "********"
+# Shorter values (a "guest" password) are left to the patterns: masking such a word wherever
+# it appears would garble lines and say which word it is.
+LITERAL_MIN = 8
+_literal: list[str] = []  # longest first, so a secret inside another goes with it
+
+
+def mask_literally(*secrets: str) -> None:
+    """Mask these values wherever they appear in a log line from now on: as they are, and as a
+    repr or JSON string shows them (a traceback, a bytes repr in an error)."""
+    forms = set(_literal)
+    for secret in secrets:
+        if len(secret) < LITERAL_MIN:
+            continue
+        forms.add(secret)
+        forms.add(repr(secret)[1:-1])
+        forms.add(repr(secret.encode())[2:-1])
+        forms.add(orjson.dumps(secret).decode()[1:-1])
+    _literal[:] = sorted((f for f in forms if len(f) >= LITERAL_MIN), key=len, reverse=True)
+
+
+def mask_configured(config: BaseModel) -> None:
+    """Mask every secret of a configuration literally (`mask_literally`): each SecretStr, or
+    for a URL its password (the rest of it names a server, and is logged)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            try:
+                url = urlsplit(secret)
+                is_url, password = bool(url.scheme and url.netloc), url.password
+            except ValueError:
+                is_url, password = False, None
+            if not is_url:
+                found.append(secret)
+            elif password:
+                found.extend((password, unquote(password)))
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(config)
+    mask_literally(*found)
+
+
+def _mask_text(value: str) -> str:
+    for secret in _literal:
+        if secret in value:
+            value = value.replace(secret, MASK)
+    return _BASIC.sub(r"\1 " + MASK, _URL_PASSWORD.sub(r"\1" + MASK + "@", value))
 
 
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _BASIC.sub(r"\1 " + MASK, _URL_PASSWORD.sub(r"\1" + MASK + "@", value))
+        return _mask_text(value)
     if isinstance(value, dict):
         return {
             k: MASK if _SECRET_KEYS.search(str(k)) else _mask_value(v) for k, v in value.items()

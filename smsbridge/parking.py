@@ -2,16 +2,18 @@
 
 A message that cannot be processed is parked in `smsbridge.parked.<stage>` with its reason in
 headers (workers/consumer.py), or dead-lettered there by the broker. `smsbridge parked` and
-the console's parked page both use these two functions.
+the console's parked page both use these functions.
 
 Peeking takes messages without acking them and lets the broker return them when its channel
 closes, so it never loses one. Re-queuing publishes each again (confirmed) with a clean slate
-of retry headers, and only then acks it.
+of retry headers, and only then acks it. It walks only what was parked when it began: a
+message its worker parks again at once lands behind those and waits for the next requeue.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,10 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from smsbridge import topology
-from smsbridge.broker import Broker
+from smsbridge.broker import Broker, PublishFailed
+from smsbridge.logs import get_logger
+
+log = get_logger(__name__)
 
 PEEK_LIMIT = 500
 
@@ -117,6 +122,126 @@ async def peek(
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class NotRequeued:
+    """A message left parked by a requeue, and why (e.g. unroutable where it first entered)."""
+
+    message_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    done: list[Parked]
+    not_requeued: list[NotRequeued]
+
+
+class RequeueStopped(Exception):
+    """A requeue stopped part way; `done` were requeued before it, the rest are still parked."""
+
+    def __init__(self, reason: str, done: list[Parked]) -> None:
+        super().__init__(
+            f"{reason}; {len(done)} requeued before it stopped, the rest are still parked"
+        )
+        self.reason = reason
+        self.done = done
+
+
+async def requeue_report(
+    broker: Broker,
+    stage: str,
+    ids: set[str] | None = None,
+    *,
+    before_requeue: Callable[[str], Awaitable[None]] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Requeued:
+    """Publish parked messages (all, or those in `ids`) again where they first entered, each
+    acked only once its copy is confirmed, however long the broker takes (under a memory alarm
+    a timed-out publish may still be stored later: a duplicate). `before_requeue(message_id)`
+    runs before each is published (the ledger reopens a request it had settled).
+
+    A message the broker refuses or cannot route stays parked (`not_requeued`) and the others
+    go on; anything that leaves a publish in doubt, or the broker or ledger gone, stops the walk
+    with RequeueStopped."""
+    channel = await broker.consumer_channel(prefetch=1)
+    done: list[Parked] = []
+    left: list[NotRequeued] = []
+    tried: set[str] = set()
+    try:
+        # How many are parked now bounds the walk: what is parked meanwhile (a worker that
+        # parks a requeued message again at once) lands behind them and is not walked.
+        queue = await channel.declare_queue(topology.parked_queue(stage), passive=True)
+        for _ in range(queue.declaration_result.message_count or 0):
+            if ids is not None and ids <= tried:
+                break
+            try:
+                message = await queue.get(no_ack=False, fail=False, timeout=10)
+            except Exception as exc:
+                if not done:
+                    raise  # nothing done yet: the broker's own error
+                raise RequeueStopped(f"reading the parking queue failed: {exc!r}", done) from exc
+            if message is None:
+                break
+            message_id = message.message_id or ""
+            if (ids is not None and message_id not in ids) or (message_id and message_id in tried):
+                continue  # left unacked: returned to the queue when the channel closes
+            tried.add(message_id)
+            try:
+                await _requeue_one(broker, stage, message, before_requeue)
+            except PublishFailed as exc:
+                if exc.in_doubt or not broker.ready:
+                    doubt = " (it may have been requeued as well)" if exc.in_doubt else ""
+                    raise RequeueStopped(
+                        f"publishing {message_id!r} failed{doubt}: {exc}", done
+                    ) from exc
+                left.append(NotRequeued(message_id, str(exc)))  # certainly not stored
+                continue
+            except RequeueStopped as exc:
+                raise RequeueStopped(exc.reason, done) from exc
+            except Exception as exc:
+                raise RequeueStopped(
+                    f"requeuing {message_id!r} failed: {type(exc).__name__}: {exc}", done
+                ) from exc
+            done.append(_parked(stage, message))
+            if progress is not None:
+                progress(1)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return Requeued(done, left)
+
+
+async def _requeue_one(
+    broker: Broker,
+    stage: str,
+    message: AbstractIncomingMessage,
+    before_requeue: Callable[[str], Awaitable[None]] | None,
+) -> None:
+    exchange, key = requeue_target(stage, message)
+    headers = {
+        k: v
+        for k, v in (message.headers or {}).items()
+        if not k.startswith("x-smsbridge-") and k not in topology.BROKER_HEADERS
+    }
+    # What failed for good before may be tried again (a worker without a ledger remembers
+    # its failures in memory).
+    headers[topology.H_REQUEUED] = round(time.time() * 1000)
+    again = topology.json_message(
+        message.body, message_id=message.message_id or "", type_=message.type, headers=headers
+    )
+    if before_requeue is not None:
+        await before_requeue(message.message_id or "")
+    await broker.deliver(exchange, key, again)
+    try:
+        await message.ack()
+    except Exception as exc:
+        raise RequeueStopped(
+            f"{message.message_id!r} was requeued but could not be removed from parking "
+            f"(it is requeued and still parked): {type(exc).__name__}: {exc}",
+            [],
+        ) from exc
+
+
 async def requeue(
     broker: Broker,
     stage: str,
@@ -125,36 +250,15 @@ async def requeue(
     before_requeue: Callable[[str], Awaitable[None]] | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[Parked]:
-    """Publish parked messages (all, or those in `ids`) again where they first entered, each
-    acked only once its copy is confirmed. `before_requeue(message_id)` runs before each is
-    published (the ledger reopens a request it had settled)."""
-    channel = await broker.consumer_channel(prefetch=1)
-    done: list[Parked] = []
-    try:
-        queue = await channel.get_queue(topology.parked_queue(stage), ensure=False)
-        while (message := await queue.get(no_ack=False, fail=False, timeout=10)) is not None:
-            if ids is not None and message.message_id not in ids:
-                continue  # left unacked: returned to the queue when the channel closes
-            exchange, key = requeue_target(stage, message)
-            headers = {
-                k: v
-                for k, v in (message.headers or {}).items()
-                if not k.startswith("x-smsbridge-") and k not in topology.BROKER_HEADERS
-            }
-            again = topology.json_message(
-                message.body,
-                message_id=message.message_id or "",
-                type_=message.type,
-                headers=headers,
-            )
-            if before_requeue is not None:
-                await before_requeue(message.message_id or "")
-            await broker.publish(exchange, key, again)
-            await message.ack()
-            done.append(_parked(stage, message))
-            if progress is not None:
-                progress(1)
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
-    return done
+    """`requeue_report`'s requeued messages; each one left parked is logged with its reason."""
+    report = await requeue_report(
+        broker, stage, ids, before_requeue=before_requeue, progress=progress
+    )
+    for item in report.not_requeued:
+        log.warning(
+            "parked message not requeued",
+            stage=stage,
+            message_id=item.message_id,
+            reason=item.reason,
+        )
+    return report.done

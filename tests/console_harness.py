@@ -72,12 +72,16 @@ class Console:
 
 @asynccontextmanager
 async def running_console(
-    config: Config, *, wait_ledger: bool = True, wait_broker: bool = True
+    config: Config,
+    *,
+    wait_ledger: bool = True,
+    wait_broker: bool = True,
+    publish_timeout: float = 2.0,
 ) -> AsyncIterator[Console]:
     """The console on `config.console.listen`, with its own ledger and broker connections."""
     assert config.ledger is not None and config.console is not None
     ledger = Ledger(config.ledger, "console-test")
-    broker = Broker(config.broker.addresses(), "console-test")
+    broker = Broker(config.broker.addresses(), "console-test", publish_timeout=publish_timeout)
     await ledger.start()
     await broker.start()
     runner = await serve(config, ledger=ledger, broker=broker)

@@ -5,6 +5,7 @@ seeded through the ledger's own modules; parked messages are published as worker
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -30,6 +31,7 @@ from schemas import history as schema
 from smsbridge import cli, logs, runner, topology
 from smsbridge.ledger import accounts as ledger_accounts
 from smsbridge.ledger import history as ledger_history
+from smsbridge.ledger import optouts as ledger_optouts
 from smsbridge.ledger.outbound import LedgerSendClaims
 from smsbridge.once import OutboundHistory
 from tests.console_harness import (
@@ -723,11 +725,60 @@ MALFORMED: list[tuple[dict[str, str], str]] = [
 ]
 
 
+def _cursor(created_at: str, seq: int = 1) -> str:
+    raw = orjson.dumps([created_at, seq])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+# PostgreSQL refuses NUL in text, and asyncpg cannot send a time outside years 1 to 9999 UTC:
+# neither may reach the ledger (each was a 500).
+OUT_OF_REACH: list[tuple[dict[str, str], str]] = [
+    ({"q": "a\x00b"}, "q"),
+    ({"extension": "10\x00"}, "extension"),
+    ({"direction": "in\x00bound"}, "direction"),
+    ({"since": "2026-03-01T00:00:00\x00Z"}, "since"),
+    ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+    ({"until": "9999-12-31T23:59:59-01:00"}, "until"),
+    ({"since": "1969-12-31T23:59:59Z"}, "since"),
+    ({"cursor": _cursor("0001-01-01T00:00:00+01:00")}, "cursor"),
+    ({"cursor": _cursor("9999-12-31T23:59:59-01:00")}, "cursor"),
+    ({"cursor": _cursor("0001-01-01T00:00:00+00:00")}, "cursor"),
+    ({"cursor": _cursor("2026-01-01T00:00:00\x00+00:00")}, "cursor"),
+]
+
+
 async def test_malformed_filters_are_400(console: Console) -> None:
     await seed_inbound(console.ledger, "mdr2-any")
-    for params, says in MALFORMED:
+    for params, says in MALFORMED + OUT_OF_REACH:
         answer = await get_json(console, f"{API}/messages", expect=400, **params)
         assert set(answer) == {"error"} and says in answer["error"], params
+
+
+async def test_nul_and_years_out_of_reach_are_4xx_on_the_pages_too(console: Console) -> None:
+    await seed_inbound(console.ledger, "mdr2-any")
+    await get_json(console, f"{API}/messages/mdr2-any")
+    await get_json(console, f"{API}/messages/mdr2\x00any", expect=404)
+    await get_json(console, f"{API}/optouts", expect=400, number="+1206\x00")
+    async with browser() as session:
+        await login(session, console.url)
+        for params in (
+            {"q": "a\x00b"},
+            {"extension": "\x00"},
+            {"since": "0001-01-01"},
+            {"until": "9999-12-31"},
+            {"since": "0001-01-01T00:00:00+01:00"},
+        ):
+            async with session.get(console.url + "/", params=params) as response:
+                assert response.status == 400, params
+        async with session.get(console.url + "/messages/mdr2%00any") as response:
+            assert response.status == 404
+        async with session.get(console.url + f"/conversations/{OURS}/%2B1206%00") as response:
+            assert response.status == 400
+        async with session.get(
+            console.url + f"/conversations/{OURS}/{THEM}",
+            params={"cursor": _cursor("9999-12-31T23:59:59-01:00")},
+        ) as response:
+            assert response.status == 400
 
 
 # -- parked messages ------------------------------------------------------------------------
@@ -758,18 +809,18 @@ async def test_parked_messages_are_peeked_and_requeued(console: Console, amqp_ur
     status, answer = await send(
         console, "POST", f"{API}/parked/outbound/requeue", json={"ids": ["req-p1"]}
     )
-    assert (status, answer) == (200, {"requeued": 1})
+    assert (status, answer) == (200, {"requeued": 1, "not_requeued": []})
     assert await queue_depth(amqp_url, topology.OUTBOUND_QUEUE) == 1
     state = await console.ledger.fetch("SELECT state FROM messages WHERE id = 'req-p1'")
     assert state[0]["state"] == "queued"
     status, answer = await send(
         console, "POST", f"{API}/parked/outbound/requeue", json={"ids": ["nope"]}
     )
-    assert (status, answer) == (200, {"requeued": 0})
+    assert (status, answer) == (200, {"requeued": 0, "not_requeued": []})
     status, answer = await send(
         console, "POST", f"{API}/parked/inbound/requeue", json={"all": True}
     )
-    assert (status, answer) == (200, {"requeued": 1})
+    assert (status, answer) == (200, {"requeued": 1, "not_requeued": []})
     assert await queue_depth(amqp_url, topology.INBOUND_QUEUE) == 1
     parked = (await get_json(console, f"{API}/parked"))["parked"]
     assert [p["id"] for p in parked] == ["req-p2"]
@@ -912,6 +963,47 @@ async def test_optouts_are_listed_added_and_removed(console: Console) -> None:
     assert [(c["change"], c["by"]) for c in changes] == [("opted_out", "api"), ("opted_in", "api")]
 
 
+async def test_an_optout_change_that_was_not_applied_is_a_409_not_a_made_up_answer(
+    console: Console,
+) -> None:
+    """A keyword's change is dated by the message (`at`): one dated after now (the provider's
+    clock ahead of ours) wins over an operator's change made now, which is then not applied."""
+    ledger = console.ledger
+    later = datetime.now(UTC) + timedelta(hours=1)
+    pair = {"number": OURS, "recipient": THEM}
+    earlier = datetime.now(UTC) - timedelta(minutes=1)
+    await ledger_optouts.opt_out(ledger, OURS, THEM, by="keyword", keyword="stop", at=earlier)
+    await ledger_optouts.opt_in(ledger, OURS, THEM, by="keyword", keyword="start", at=later)
+    status, answer = await send(console, "POST", f"{API}/optouts", json=pair)
+    assert status == 409 and set(answer) == {"error"}, answer
+    assert "not opted out" in answer["error"]
+    assert await get_json(console, f"{API}/optouts") == {"optouts": []}
+
+    await ledger_optouts.opt_out(ledger, OURS, OTHER, by="keyword", keyword="stop", at=later)
+    status, answer = await send(console, "DELETE", f"{API}/optouts/{OURS}/{OTHER}")
+    assert status == 409 and "still opted out" in answer["error"], answer
+    listed = (await get_json(console, f"{API}/optouts"))["optouts"]
+    assert [(o["recipient"], o["by"], o["keyword"]) for o in listed] == [(OTHER, "keyword", "stop")]
+    # Nothing recorded for either attempt.
+    changes = await ledger.fetch("SELECT by FROM optout_changes ORDER BY seq")
+    assert [c["by"] for c in changes] == ["keyword", "keyword", "keyword"]
+
+    async with browser() as session:
+        csrf = await login(session, console.url)
+        async with session.post(
+            console.url + "/optouts", data={"csrf": csrf, **pair}, allow_redirects=False
+        ) as response:
+            assert response.status == 409
+            assert "not opted out" in await response.text()
+        async with session.post(
+            console.url + "/optouts/remove",
+            data={"csrf": csrf, "number": OURS, "recipient": OTHER},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 409
+            assert "still opted out" in await response.text()
+
+
 # -- when the ledger or the broker is away --------------------------------------------------
 
 
@@ -989,7 +1081,7 @@ async def test_pages_show_messages_escaped_and_forms_work(console: Console, amqp
             page = await response.text()
         assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in page
         assert "<script>alert" not in page
-        assert 'hx-get="/fragments/messages?after=' in page and "<main" in page
+        assert 'hx-get="/fragments/messages?live=' in page and "<main" in page
         assert re.search(r'<label for="f-number">Number</label>', page)
         async with session.get(console.url + "/", params={"number": THEM}) as response:
             page = await response.text()
@@ -1047,6 +1139,21 @@ async def test_pages_show_messages_escaped_and_forms_work(console: Console, amqp
 
 
 async def test_the_live_fragment_returns_only_what_arrived(console: Console) -> None:
+    async def poll(session: aiohttp.ClientSession, url: str) -> tuple[str | None, str]:
+        """(the rows it shows, or None; the poller's next URL): 204 and a fragment with the
+        poller alone (other messages were recorded, none matching) both show nothing."""
+        async with session.get(url) as response:
+            if response.status == 204:
+                return None, url
+            assert response.status == 200
+            fragment = await response.text()
+        after = re.search(r'id="live" hx-swap-oob="true" hx-get="([^"]+)"', fragment)
+        assert after is not None
+        shown = fragment if '<li class="msg' in fragment else None
+        if shown is None:  # no "0 new messages" for a screen reader every 2 s
+            assert "live-status" not in fragment
+        return shown, console.url + after.group(1).replace("&amp;", "&")
+
     await seed_inbound(console.ledger, "first")
     async with browser() as session:
         await login(session, console.url)
@@ -1055,31 +1162,29 @@ async def test_the_live_fragment_returns_only_what_arrived(console: Console) -> 
         live = re.search(r'id="live" hx-get="([^"]+)"', page)
         assert live is not None
         url = console.url + live.group(1).replace("&amp;", "&")
-        async with session.get(url) as response:
-            assert response.status == 204
+        shown, url = await poll(session, url)
+        assert shown is None
         await seed_inbound(console.ledger, "second", body="just arrived")
         await seed_inbound(console.ledger, "third", from_=OTHER, body="also new")
-        async with session.get(url) as response:
-            assert response.status == 200
-            fragment = await response.text()
+        fragment, url = await poll(session, url)
+        assert fragment is not None
         assert (
             "just arrived" in fragment
             and "also new" in fragment
             and "/messages/first" not in fragment
         )
         assert fragment.index("also new") < fragment.index("just arrived")
-        assert 'hx-swap-oob="true"' in fragment
-        after = re.search(r'id="live" hx-swap-oob="true" hx-get="([^"]+)"', fragment)
-        assert after is not None
-        async with session.get(console.url + after.group(1).replace("&amp;", "&")) as response:
-            assert response.status == 204
+        assert 'hx-swap-oob="true"' in fragment and "2 new messages" in fragment
+        shown, url = await poll(session, url)
+        assert shown is None  # the poller moved on: nothing repeats
         # With a filter, only what matches it.
         async with session.get(console.url + "/", params={"number": OTHER}) as response:
             live = re.search(r'id="live" hx-get="([^"]+)"', await response.text())
         assert live is not None
+        url = console.url + live.group(1).replace("&amp;", "&")
         await seed_inbound(console.ledger, "fourth", body="not for OTHER")
-        async with session.get(console.url + live.group(1).replace("&amp;", "&")) as response:
-            assert response.status == 204
+        shown, url = await poll(session, url)
+        assert shown is None
 
 
 # -- serving ----------------------------------------------------------------------------------

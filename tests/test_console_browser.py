@@ -363,6 +363,18 @@ async def test_the_message_list_updates_live(scene: Scene) -> None:
     await expect(rows(page)).to_have_count(4)
     texts = await rows(page).all_inner_texts()
     assert [t.count("One more") for t in texts] == [1, 0, 0, 0]
+    # Recorded now, dated an hour ago (an MMS whose media took long, a backlog after a ledger
+    # outage): new to the page all the same.
+    await seed_inbound(
+        scene.console.ledger,
+        "mdr2-late",
+        from_=THEM,
+        body="Sent an hour ago, recorded now",
+        created_at=datetime.now(UTC) - timedelta(hours=1),
+    )
+    await expect(rows(page)).to_have_count(5, timeout=15_000)
+    await expect(rows(page).nth(0)).to_contain_text("Sent an hour ago, recorded now")
+    assert await page.evaluate("window.notReloaded") is True
     assert scene.problems == []
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from pydantic import SecretStr
 
 from smsbridge import logs
 
@@ -243,3 +245,68 @@ def test_console_format_masks_exception_messages(
     except RuntimeError:
         logs.get_logger("test").exception("send failed")
     assert_no_secrets(capsys.readouterr().out)
+
+
+ODD_TOKEN = "odd token! #with spaces, ünïcode 'quotes' \\ (and) end"
+
+
+def test_configured_secrets_are_masked_literally_whatever_their_characters(
+    json_logs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A secret with characters no pattern expects (spaces, '!', '#', quotes, non-ASCII) is
+    masked whole: as is, and as a repr or JSON string shows it (e.g. in a traceback)."""
+    logs.mask_literally(ODD_TOKEN)
+    log = logs.get_logger("test")
+    header = f"Authorization: Bearer {ODD_TOKEN}"
+    log.info(header, header=header, nested={"attempts": [header]})
+    try:
+        raise ValueError(f"Invalid header value char: {header.encode()!r}")
+    except ValueError:
+        log.exception("bad request")
+
+    out, lines = json_lines(capsys)
+    assert len(lines) == 2
+    text = json.dumps(lines, ensure_ascii=False)
+    for shown in (ODD_TOKEN, repr(ODD_TOKEN)[1:-1], repr(ODD_TOKEN.encode())[2:-1]):
+        assert shown not in text
+    for part in ("odd token", "#with spaces", "ünïcode", "xc3\\\\xbcn\\\\xc3\\\\xafcode"):
+        assert part not in text and part not in out
+    assert logs.MASK in lines[0]["event"] and logs.MASK in lines[0]["nested"]["attempts"][0]
+
+
+def test_stdlib_lines_mask_configured_secrets_literally(
+    json_logs: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure("info", "json")  # bind the stdlib handler to this test's captured stdout
+    logs.mask_literally(ODD_TOKEN)
+    logging.getLogger("aiohttp.server").warning("bad request line: %r", f"Bearer {ODD_TOKEN}")
+    out, (line,) = json_lines(capsys)
+    assert "odd token" not in out and "#with spaces" not in out
+    assert logs.MASK in line["event"]
+
+
+def test_every_secret_of_a_configuration_is_masked_literally(
+    json_logs: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.console_harness import console_config
+
+    config = console_config(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "postgresql://app:long-db-password@127.0.0.1/db",
+        tmp_path,
+    )
+    assert config.console is not None
+    token = "console token with spaces and #hash 42"
+    console = config.console.model_copy(update={"token": SecretStr(token)})
+    config = config.model_copy(update={"console": console})
+    logs.mask_configured(config)
+    secrets = (
+        token,
+        "long-db-password",
+        config.providers[0].secret_key.get_secret_value(),
+        "test-dlr-secret-0123456789",
+    )
+    logs.get_logger("test").info(f"saw {' and '.join(secrets)}", where="in a message text")
+    out, _ = json_lines(capsys)
+    for secret in secrets:
+        assert secret not in out
