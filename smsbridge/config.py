@@ -351,11 +351,25 @@ class ConsoleConfig(_Section):
         le=24 * 30,
         description="How long a browser session lasts after logging in",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Reverse proxies in front of the console (IP addresses or networks, e.g. "
+            "`10.0.0.0/8`) whose `X-Forwarded-For` header is believed: failed logins are then "
+            "counted per client behind them, not per proxy. Empty: per peer address (behind a "
+            "proxy, every operator shares its limit)"
+        ),
+    )
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         return GatewayConfig._listen(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        return GatewayConfig._networks(values)
 
     @field_validator("public_url")
     @classmethod
@@ -613,8 +627,9 @@ class Config(_Section):
         for i, policy in enumerate(self.policies):
             if policy.opt_out and self.ledger is None:
                 problems.append(
-                    f"policies[{i}].opt_out: opt-outs are kept in the ledger; add a [ledger] "
-                    "section or set opt_out = false"
+                    f"policies[{i}].opt_out: policy {policy.name!r} honours opt-out keywords, "
+                    "and opt-outs are kept in the ledger; add a [ledger] section or set "
+                    "opt_out = false"
                 )
         if self.console is not None and _same_listener(self.console.listen, self.gateway.listen):
             problems.append("console.listen: must differ from gateway.listen (the public listener)")

@@ -12,20 +12,25 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import orjson
 import pytest
 
 from schemas.messages import InboundMessage, PolicyEvent, StatusEvent
-from smsbridge import clock
-from smsbridge.config import Config, parse_config
+from smsbridge import clock, topology
+from smsbridge.broker import Broker
+from smsbridge.config import Config, ConfigError, parse_config
+from smsbridge.flowroute.webhook import InboundSms
+from smsbridge.ledger.connection import Ledger
 from smsbridge.ops import send
 from smsbridge.sandbox import AccountSpec, Sandbox
-from tests.harness import Listener, bridge, free_port, listen, webhook_url
+from tests.harness import Listener, bridge, drain, free_port, listen, webhook_url
+from workers.keywords import KeywordActions
 
 OPT_OUT_REPLY = "You are unsubscribed from Example Co. Reply START to resubscribe."
 OPT_IN_REPLY = "Welcome back to Example Co. Reply STOP to unsubscribe."
@@ -348,3 +353,136 @@ async def test_an_opt_out_survives_a_restart(config: Config, sandbox: Sandbox) -
         blocked = await request(config, "Are you there?")
         seen = await until(events, lambda k, e: e.get("id") == blocked)
     assert seen[-1][0] == "status.failed" and "opted out" in seen[-1][1]["reason"]
+
+
+# -- keywords: stale changes, redeliveries, short codes, the word texted ---------------------
+# Without the outbound worker, a keyword's reply stays in the outbound queue: what was asked
+# for is there to count once the InboundMessage (published after the reply) is seen.
+
+
+@asynccontextmanager
+async def resolving(config: Config) -> AsyncIterator[Listener]:
+    amqp = config.broker.addresses()[0]
+    async with bridge(config, workers=("resolver",)), listen(amqp) as events:
+        yield events
+
+
+async def text_us_at(
+    sandbox: Sandbox, config: Config, body: str, at: datetime, from_: str = CUSTOMER
+) -> str:
+    """A keyword message that Flowroute says was texted at `at`."""
+    inbound = sandbox.build_inbound(webhook_url(config), body=body, from_=from_.lstrip("+"))
+    inbound.payload["data"]["attributes"]["timestamp"] = at.isoformat().replace("+00:00", "Z")
+    result = await sandbox.deliver_inbound(inbound)
+    assert result.status == 200
+    return result.message_id
+
+
+async def queued_replies(config: Config) -> list[str]:
+    return [
+        orjson.loads(m.body)["id"]
+        for m in await drain(config.broker.addresses()[0], topology.OUTBOUND_QUEUE)
+    ]
+
+
+async def opted_out_rows(config: Config) -> list[tuple[str, str | None]]:
+    assert config.ledger is not None
+    conn = await asyncpg.connect(config.ledger.url.get_secret_value())
+    try:
+        rows = await conn.fetch("SELECT recipient, keyword FROM optouts ORDER BY recipient")
+    finally:
+        await conn.close()
+    return [(r["recipient"], r["keyword"]) for r in rows]
+
+
+async def test_a_stop_texted_before_a_newer_start_publishes_nothing_and_replies_nothing(
+    config: Config, sandbox: Sandbox
+) -> None:
+    """START texted at t+1 (already subscribed) is handled first; the STOP texted at t
+    arrives late: it is stale. No policy.opted_out, no "you are unsubscribed" while they
+    stay subscribed; the PBX still gets the message."""
+    texted = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    async with resolving(config) as events:
+        start = await text_us_at(sandbox, config, "START", texted + timedelta(seconds=1))
+        seen = await until(events, lambda k, e: k == "inbound.100" and e["id"] == start)
+        stop = await text_us_at(sandbox, config, "STOP", texted)
+        seen += await until(events, lambda k, e: k == "inbound.100" and e["id"] == stop)
+    policy = [(k, PolicyEvent.model_validate(e)) for k, e in seen if k.startswith("policy.")]
+    assert [(k, e.keyword, e.at) for k, e in policy] == [
+        ("policy.opted_in", "start", texted + timedelta(seconds=1))
+    ]
+    assert await queued_replies(config) == [f"auto-{start}"]
+    assert await opted_out_rows(config) == []
+
+
+async def test_a_redelivered_keyword_publishes_the_same_event(
+    config: Config, amqp_url: str
+) -> None:
+    """Acting on a keyword again (a redelivery after a crash) publishes the identical event:
+    the same message id and body, whose `at` is when the person texted."""
+    assert config.ledger is not None
+    number = config.numbers[0]
+    policy = config.policy_of(number)
+    assert policy is not None
+    texted = datetime(2026, 11, 20, 10, 0, 0, 520000, tzinfo=UTC)
+    sms = InboundSms("mdr2-redelivered", number.number, CUSTOMER, "STOP", texted, (), {})
+    broker = Broker(amqp_url, "test")
+    ledger = Ledger(config.ledger, "test")
+    await broker.start()
+    await ledger.start()
+    try:
+        await broker.wait_connected(15)
+        await ledger.wait_available(20)
+        async with listen(amqp_url, pattern="policy.#") as events:
+            actions = KeywordActions(broker, ledger)
+            await actions.act(sms, number, policy, "stop", texted)
+            await actions.act(sms, number, policy, "stop", texted)
+            first, second = await events.next(), await events.next()
+    finally:
+        await ledger.close()
+        await broker.close()
+    assert first.message_id == second.message_id == "mdr2-redelivered/opted_out"
+    assert first.body == second.body
+    assert orjson.loads(first.body) == {
+        "number": number.number,
+        "recipient": CUSTOMER,
+        "keyword": "stop",
+        "at": "2026-11-20T10:00:00.520000Z",
+    }
+
+
+async def test_a_short_code_gets_no_reply(config: Config, sandbox: Sandbox) -> None:
+    """A short code (12345) has no E.164 form: a reply could only fail and be parked."""
+    async with resolving(config) as events:
+        for body in ("HELP", "STOP"):
+            mid = await text_us_at(sandbox, config, body, datetime.now(UTC), from_="12345")
+            seen = await until(events, lambda k, e, mid=mid: e.get("id") == mid)
+            assert seen[-1][0] == "inbound.100" and seen[-1][1]["from"] == "12345"
+    assert await queued_replies(config) == []
+
+
+async def test_the_opt_out_list_keeps_the_word_texted(config: Config, sandbox: Sandbox) -> None:
+    async with resolving(config) as events:
+        mid = await text_us_at(sandbox, config, "Unsubscribe!", datetime.now(UTC))
+        seen = await until(events, lambda k, e: k == "inbound.100" and e["id"] == mid)
+    assert [e["keyword"] for k, e in seen if k == "policy.opted_out"] == ["stop"]  # the family
+    assert await opted_out_rows(config) == [(CUSTOMER, "UNSUBSCRIBE")]
+    assert await queued_replies(config) == [f"auto-{mid}"]
+
+
+def test_opt_out_without_a_ledger_is_an_error_naming_the_policy() -> None:
+    text = """
+[broker]
+url = "amqp://guest:guest@127.0.0.1:5672/"
+
+[[policies]]
+name = "night"
+quiet_hours = { start = "21:00", end = "08:00", timezone = "America/New_York" }
+
+[[policies]]
+name = "us-a2p"
+opt_out = true
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={})
+    assert "policies[1].opt_out" in str(info.value) and "'us-a2p'" in str(info.value)

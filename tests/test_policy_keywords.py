@@ -65,6 +65,16 @@ DRESSES: dict[str, Callable[[str], str]] = {
     "byte-order-mark": lambda w: "\ufeff" + w,
     "word-joiner": lambda w: w + "\u2060",
     "variation-selector": lambda w: w + "!\ufe0f",
+    "double-quotes": lambda w: f'"{w}"',
+    "single-quotes": lambda w: f"'{w.lower()}'",
+    "curly-quotes": lambda w: f"“{w}”",
+    "curly-single-quotes": lambda w: f"‘{w}’",
+    "german-quotes": lambda w: f"„{w}“",
+    "guillemets": lambda w: f"« {w} »",
+    "corner-brackets": lambda w: f"「{w}」",
+    "full-width-quotes": lambda w: f"＂{w}＂",
+    "quotes-then-bang": lambda w: f'"{w}"!',
+    "bang-inside-quotes": lambda w: f"“{w}!”",
 }
 
 
@@ -119,10 +129,18 @@ def test_keyword_examples(body: str, family: Keyword) -> None:
         "STOP <3",
         "STOP 1",
         "STOP$",
-        "(STOP)",  # leading punctuation is not ignored
+        "(STOP)",  # leading punctuation is not ignored, but for one pair of quotes
         "-stop",
         "¿HELP?",
-        "'stop'",
+        '"STOP',  # a quote that is not closed
+        "'STOP\"",  # ... or closed by another
+        '""STOP""',  # one pair only
+        "“'STOP'”",
+        "(“STOP”)",
+        '"stop please"',  # a quoted sentence is still a sentence
+        '"STOP STOP"',
+        '"STOP" please',
+        '"STOP"🛑',
         "STOPP",
         "STO P",
         "S T O P",
@@ -186,3 +204,17 @@ def test_dressed_keywords_match(
     body = space + (full_width(cased) if wide else cased) + space + punctuation + space
     family = next(f for f, words in KEYWORD_FAMILIES.items() if word in words)
     assert match_keyword(body) == family
+
+
+quote_pairs = st.sampled_from(['""', "''", "“”", "‘’", "„“", "«»", "»«", "‹›", "「」", "＂＂"])
+
+
+@settings(deadline=None)
+@given(keyword_words, quote_pairs, st.text(alphabet=st.sampled_from(" .!?"), max_size=3))
+def test_one_pair_of_quotes_is_read_through_and_two_are_not(
+    word: str, pair: str, punctuation: str
+) -> None:
+    family = next(f for f, words in KEYWORD_FAMILIES.items() if word in words)
+    opening, closing = pair
+    assert match_keyword(opening + word + punctuation + closing + punctuation) == family
+    assert match_keyword(opening + opening + word + closing + closing + punctuation) is None

@@ -131,16 +131,21 @@ def test_berlin_clock_changes(now: datetime, expected: datetime | None) -> None:
 @pytest.mark.parametrize(
     ("now", "start", "end", "expected"),
     [
-        # 02:30 does not exist on 8 March 2026: the start shifts forward to 03:30 EDT.
-        (utc(2026, 3, 8, 7, 15), "02:30", "06:00", None),  # 03:15 EDT
-        (utc(2026, 3, 8, 7, 30), "02:30", "06:00", utc(2026, 3, 8, 10)),  # 03:30 EDT
+        # 02:30 does not exist on 8 March 2026: the start is when the clocks go forward,
+        # 02:00 EST = 03:00 EDT (07:00 UTC).
+        (utc(2026, 3, 8, 6, 59), "02:30", "06:00", None),  # 01:59 EST
+        (utc(2026, 3, 8, 7, 0), "02:30", "06:00", utc(2026, 3, 8, 10)),  # 03:00 EDT
+        (utc(2026, 3, 8, 7, 15), "02:30", "06:00", utc(2026, 3, 8, 10)),  # 03:15 EDT
         (ny(2026, 3, 9, 2, 30), "02:30", "06:00", utc(2026, 3, 9, 10)),  # an ordinary day
-        # ... and so does an end: 22:00-02:30 ends at 03:30 EDT.
-        (utc(2026, 3, 8, 7, 0), "22:00", "02:30", utc(2026, 3, 8, 7, 30)),
-        (utc(2026, 3, 8, 7, 30), "22:00", "02:30", None),
-        # A window inside the skipped hour moves with it; one that ends at 03:00 is empty.
-        (utc(2026, 3, 8, 7, 20), "02:15", "02:45", utc(2026, 3, 8, 7, 45)),
+        # ... and so is an end: 22:00-02:30 ends at 03:00 EDT.
+        (utc(2026, 3, 8, 6, 59), "22:00", "02:30", utc(2026, 3, 8, 7, 0)),
+        (utc(2026, 3, 8, 7, 0), "22:00", "02:30", None),
+        # A window inside the skipped hour is empty that day, and so is one ending at 03:00.
+        (utc(2026, 3, 8, 6, 59), "02:15", "02:45", None),
+        (utc(2026, 3, 8, 7, 0), "02:15", "02:45", None),
+        (utc(2026, 3, 8, 7, 20), "02:15", "02:45", None),
         (utc(2026, 3, 8, 6, 59), "02:30", "03:00", None),
+        (utc(2026, 3, 8, 7, 0), "02:30", "03:00", None),
         (utc(2026, 3, 8, 7, 45), "02:30", "03:00", None),
         # 01:30 happens twice on 1 November 2026: an end is the later 01:30 (EST)...
         (utc(2026, 11, 1, 5, 45), "22:00", "01:30", utc(2026, 11, 1, 6, 30)),  # 01:45 EDT
@@ -159,6 +164,53 @@ def test_times_that_do_not_exist_or_exist_twice(
     now: datetime, start: str, end: str, expected: datetime | None
 ) -> None:
     assert quiet_until(now, start, end, "America/New_York") == expected
+
+
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
+LONDON = ZoneInfo("Europe/London")
+
+
+# A start or end the clock skips is the instant the clocks change: the first local time that
+# exists after it. So the window neither starts late (texting people at what their clock
+# shows as quiet hours) nor ends late.
+@pytest.mark.parametrize(
+    ("now", "start", "end", "zone", "expected"),
+    [
+        # New York, 9 March 2025: 02:00 EST -> 03:00 EDT at 07:00 UTC.
+        (ny(2025, 3, 9, 1, 59), "02:30", "08:00", NY, None),
+        (ny(2025, 3, 9, 3, 0), "02:30", "08:00", NY, utc(2025, 3, 9, 12)),
+        (ny(2025, 3, 9, 3, 10), "02:30", "08:00", NY, utc(2025, 3, 9, 12)),
+        (ny(2025, 3, 9, 1, 59), "22:00", "02:30", NY, utc(2025, 3, 9, 7)),
+        (ny(2025, 3, 9, 3, 0), "22:00", "02:30", NY, None),
+        (ny(2025, 3, 9, 3, 5), "22:00", "02:30", NY, None),
+        # London, 30 March 2025: 01:00 GMT -> 02:00 BST at 01:00 UTC.
+        (datetime(2025, 3, 30, 0, 59, tzinfo=LONDON), "01:30", "06:00", LONDON, None),
+        (utc(2025, 3, 30, 1, 0), "01:30", "06:00", LONDON, utc(2025, 3, 30, 5)),  # 02:00 BST
+        (
+            datetime(2025, 3, 30, 2, 10, tzinfo=LONDON),
+            "01:30",
+            "06:00",
+            LONDON,
+            utc(2025, 3, 30, 5),
+        ),
+        # Lord Howe, 5 October 2025: a 30-minute change, 02:00 (+10:30) -> 02:30 (+11) at
+        # 15:30 UTC the day before. 02:15-02:45 is 02:30-02:45 that night, not empty.
+        (utc(2025, 10, 4, 15, 29), "02:15", "02:45", LORD_HOWE, None),
+        (utc(2025, 10, 4, 15, 30), "02:15", "02:45", LORD_HOWE, utc(2025, 10, 4, 15, 45)),
+        (
+            datetime(2025, 10, 5, 2, 35, tzinfo=LORD_HOWE),
+            "02:15",
+            "02:45",
+            LORD_HOWE,
+            utc(2025, 10, 4, 15, 45),
+        ),
+        (utc(2025, 10, 4, 15, 45), "02:15", "02:45", LORD_HOWE, None),
+    ],
+)
+def test_a_skipped_start_or_end_is_the_clock_change(
+    now: datetime, start: str, end: str, zone: ZoneInfo, expected: datetime | None
+) -> None:
+    assert quiet_until(now, start, end, zone.key) == expected
 
 
 def test_naive_now_is_refused() -> None:
@@ -271,6 +323,35 @@ def test_the_result_ends_quiet_hours(
         assert until <= now + 2 * timedelta(hours=24) + LARGEST_CHANGE
     assert quiet_until(until, start, end, zone) is None  # the end is outside
     assert quiet_until(until - timedelta(microseconds=1), start, end, zone) == until
+
+
+def _wall_inside(local: datetime, start: str, end: str) -> bool:
+    wall = local.strftime("%H:%M")
+    return start <= wall < end if start < end else (wall >= start or wall < end)
+
+
+def _exists_twice(local: datetime) -> bool:
+    return local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset()
+
+
+@settings(deadline=None, max_examples=500)
+@given(zone_and_now(), windows)
+def test_quiet_hours_follow_the_wall_clock(
+    zone_now: tuple[str, datetime], window: tuple[str, str]
+) -> None:
+    """Whenever the local clock shows a time inside the window, it is quiet, also next to a
+    clock change. The converse holds too, except where the module chooses silence: a local
+    time that happens twice, and a daily break that a clock change can swallow."""
+    zone, now = zone_now
+    start, end = window
+    local = now.astimezone(ZoneInfo(zone))
+    quiet = in_quiet_hours(now, start, end, zone)
+    if _wall_inside(local, start, end):
+        assert quiet, f"{local.isoformat()} shows quiet hours"
+    start_minutes, end_minutes = (int(t[:2]) * 60 + int(t[3:]) for t in window)
+    daily_break = timedelta(minutes=(start_minutes - end_minutes) % 1440)
+    if not _exists_twice(local) and daily_break > LARGEST_CHANGE:
+        assert quiet is _wall_inside(local, start, end), local.isoformat()
 
 
 @settings(deadline=None)

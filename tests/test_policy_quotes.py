@@ -29,14 +29,19 @@ from smsbridge.policies.segments import GSM7_BASIC, count_segments, is_gsm7
         ("`ticks´", "'ticks'", 2),
         ("9–5, Mon—Fri", "9-5, Mon-Fri", 2),
         ("a‐b‑c‒d―e", "a-b-c-d-e", 4),
-        ("−5 °C", "-5 °C", 1),  # the minus sign; ° is not GSM-7 and not replaced
+        ("−5 °C", "−5 °C", 0),  # "°" is not GSM-7: the minus alone saves nothing
         ("Wait…", "Wait...", 1),
         ("10\u00a0000\u202f€", "10 000 €", 2),  # no-break and narrow no-break spaces
         ("a\u2003b\u3000c\td", "a b c d", 3),  # em space, ideographic space, tab
         ("line\u2028next\u2029para", "line\nnext\npara", 2),
         ("zero\u200bwidth\ufeff\u2060soft\u00adhyphen", "zerowidthsofthyphen", 4),
-        ("don’t 😀", "don't 😀", 1),  # still UCS-2, but the same length: replaced
-        ("ça va? “Très” bien", 'ça va? "Très" bien', 2),  # "ç" is not GSM-7, but a letter
+        # Still UCS-2 afterwards and no segment saved: sent as written.
+        ("don’t 😀", "don’t 😀", 0),
+        ("ça va? “Très” bien", "ça va? “Très” bien", 0),  # "ç" is not GSM-7, but a letter
+        ("你好“世界”\u3000再见—", "你好“世界”\u3000再见—", 0),
+        ("Hi “Bob” 😀", "Hi “Bob” 😀", 0),
+        # Still UCS-2, but a segment shorter: replaced.
+        ("😀" + "x" * 68 + "\u200b\u200b", "😀" + "x" * 68, 2),  # 72 units -> 70
     ],
 )
 def test_replacements(body: str, expected: str, replaced: int) -> None:
@@ -78,8 +83,11 @@ def test_one_smart_quote_costs_segments_and_replacing_saves_them() -> None:
 def test_the_ellipsis_is_kept_when_expanding_it_would_cost_a_segment() -> None:
     body = "😀" + "x" * 66 + "…’"  # 70 UTF-16 units: one segment
     assert count_segments(body).count == 1
-    # "..." would make it 72 units (two segments): only the quote is replaced.
-    assert replace_smart_quotes(body) == ("😀" + "x" * 66 + "…'", 1)
+    # "..." would make it 72 units (two segments), and replacing only the quote saves
+    # nothing: it stays as written.
+    assert replace_smart_quotes(body) == (body, 0)
+    body = "€" * 79 + "…’"  # 2 UCS-2 segments; "...'" makes 162 septets, 2 GSM-7 ones
+    assert replace_smart_quotes(body) == ("€" * 79 + "...'", 2)  # GSM-7: kept
     body = "…" * 70  # one UCS-2 segment; 210 septets would be two
     assert replace_smart_quotes(body) == (body, 0)
     body = "…" * 53  # one UCS-2 segment, and 159 septets are one too
@@ -107,6 +115,15 @@ def test_replacing_never_costs_a_segment(body: str) -> None:
     assert count_segments(after).count <= count_segments(body).count
     assert segments_saved(body, after) >= 0
     assert (replaced == 0) == (after == body)
+
+
+@settings(deadline=None)
+@given(bodies)
+def test_a_replacement_is_kept_only_when_it_pays(body: str) -> None:
+    """Only for GSM-7 or for fewer segments is the sender's text changed."""
+    after, _ = replace_smart_quotes(body)
+    if after != body:
+        assert is_gsm7(after) or segments_saved(body, after) > 0
 
 
 @settings(deadline=None)

@@ -1,19 +1,26 @@
 """Opt-out keywords: what the resolver does when an inbound message is one (its number's
 policy has `opt_out = true`).
 
-- STOP family: the sender is opted out of that number (the ledger's opt-out list), the bridge
-  publishes `policy.opted_out`, and sends the policy's `opt_out_reply`;
+- STOP family: the sender is opted out of that number (the ledger's opt-out list, which keeps
+  the word they texted), the bridge publishes `policy.opted_out`, and sends the policy's
+  `opt_out_reply`;
 - START family: opted back in, `policy.opted_in`, `opt_in_reply`;
 - HELP family: `help_reply`.
 
 The InboundMessage still reaches the PBX, with `keyword` set. A reply goes through the normal
 outbound path (rate limits, retries, status events) as an OutboundRequest whose id is
 `auto-<Flowroute id>`, so it is sent once however often Flowroute resends the keyword message;
-it is not held back by the opt-out it confirms, nor by quiet hours.
+it is not held back by the opt-out it confirms, nor by quiet hours. A sender that is not a
+phone number (a short code) gets no reply: there is nothing to send it to.
+
+A STOP or START that is stale (the person texted a later STOP or START, which the bridge
+handled first; see smsbridge/ledger/optouts.py) changes nothing, publishes no event and gets
+no reply: the later keyword decided the state and got the reply that matches it, so a second
+one would at best repeat it and at worst contradict it.
 
 Everything here may run twice (a redelivery after a crash, before the InboundMessage was
-published): the list change is idempotent, the event keeps its message id, and the reply its
-request id.
+published): the list change is idempotent, the event keeps its message id and body (its `at`
+is when the person texted), and the reply its request id.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from smsbridge.flowroute.webhook import InboundSms
 from smsbridge.ledger import optouts
 from smsbridge.ledger.connection import Ledger
 from smsbridge.logs import get_logger
-from smsbridge.policies import Keyword
+from smsbridge.policies import Keyword, texted_word
 
 log = get_logger(__name__)
 
@@ -50,10 +57,12 @@ class KeywordActions:
     ) -> None:
         """`at`: when the person texted it (Flowroute's timestamp), which orders the changes."""
         if keyword == "stop":
-            await self._change(sms, number, "opted_out", at)
+            if not await self._change(sms, number, "opted_out", keyword, at):
+                return
             reply = policy.opt_out_reply
         elif keyword == "start":
-            await self._change(sms, number, "opted_in", at)
+            if not await self._change(sms, number, "opted_in", keyword, at):
+                return
             reply = policy.opt_in_reply
         else:
             reply = policy.help_reply
@@ -61,30 +70,38 @@ class KeywordActions:
             await self._reply(sms, number, keyword, reply)
 
     async def _change(
-        self, sms: InboundSms, number: NumberConfig, change: str, at: datetime
-    ) -> None:
+        self,
+        sms: InboundSms,
+        number: NumberConfig,
+        change: optouts.Change,
+        keyword: Keyword,
+        at: datetime,
+    ) -> bool:
+        """Change the list and publish the event; False when the change is stale."""
         if self.ledger is None:  # the configuration requires a ledger for opt_out policies
             raise RuntimeError("opt-out keywords need the ledger")
-        keyword = "stop" if change == "opted_out" else "start"
-        if change == "opted_out":
-            changed = await optouts.opt_out(
-                self.ledger, number.number, sms.from_, by="keyword", keyword=keyword, at=at
-            )
-        else:
-            changed = await optouts.opt_in(
-                self.ledger, number.number, sms.from_, by="keyword", keyword=keyword, at=at
-            )
+        outcome = await optouts.change(
+            self.ledger,
+            change,
+            number.number,
+            sms.from_,
+            by="keyword",
+            keyword=texted_word(sms.body) or keyword.upper(),
+            at=at,
+        )
         log.info(
             "recipient " + change.replace("_", " "),
             number=number.number,
             recipient=sms.from_,
-            changed=changed,
+            outcome=str(outcome),
         )
+        if outcome is optouts.Outcome.STALE:
+            return False
         event = {
             "number": number.number,
             "recipient": sms.from_,
             "keyword": keyword,
-            "at": datetime.now(UTC),
+            "at": at.astimezone(UTC),
         }
         message = topology.json_message(
             orjson.dumps(event, option=orjson.OPT_UTC_Z),
@@ -92,10 +109,19 @@ class KeywordActions:
             type_=POLICY_TYPE,
         )
         await self.broker.deliver(topology.EVENTS, topology.policy_key(change), message)
+        return True
 
     async def _reply(
         self, sms: InboundSms, number: NumberConfig, keyword: Keyword, body: str
     ) -> None:
+        if not sms.from_.startswith("+"):  # a short code: the outbound path would refuse it
+            log.info(
+                "no keyword reply to a sender without a phone number",
+                number=number.number,
+                sender=sms.from_,
+                keyword=keyword,
+            )
+            return
         request_id = f"{topology.AUTO_REPLY_PREFIX}{sms.id}"
         request = {"id": request_id, "from": number.number, "to": sms.from_, "body": body}
         message = topology.json_message(

@@ -4,7 +4,8 @@ A PBX number may have a policy (`smsbridge.config.PolicyConfig`). Each rule fami
 its own module, whose docstring states its edge cases:
 
 - `keywords`: opt-out keywords. `match_keyword` says whether an inbound body is a STOP,
-  START or HELP keyword (the tables: `STOP_WORDS`, `START_WORDS`, `HELP_WORDS`).
+  START or HELP keyword (the tables: `STOP_WORDS`, `START_WORDS`, `HELP_WORDS`), and
+  `texted_word` which word of the tables it is.
 - `countries`: allowed destination countries. `country_of` gives the ISO 3166 country of an
   E.164 number, `country_allowed` applies a policy's `allowed_countries`.
 - `quiet_hours`: a local-time window during which nobody is texted. `quiet_until` says when
@@ -16,7 +17,7 @@ its own module, whose docstring states its edge cases:
 """
 
 from smsbridge.policies.countries import country_allowed, country_of
-from smsbridge.policies.keywords import Keyword, match_keyword
+from smsbridge.policies.keywords import Keyword, match_keyword, texted_word
 from smsbridge.policies.quiet_hours import in_quiet_hours, quiet_until
 from smsbridge.policies.quotes import replace_smart_quotes, segments_saved
 from smsbridge.policies.segments import Segments, count_segments, is_gsm7
@@ -33,4 +34,5 @@ __all__ = [
     "quiet_until",
     "replace_smart_quotes",
     "segments_saved",
+    "texted_word",
 ]

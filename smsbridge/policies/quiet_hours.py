@@ -10,11 +10,13 @@ spring-forward night and 12 on the fall-back night (in America/New_York).
 
 Local times that do not exist or exist twice on a day the clocks change:
 
-- A time skipped by a spring-forward (02:30 in New York on its spring-forward day) is
-  shifted forward by the length of the jump, as a wall clock that is set forward does:
-  02:30 becomes 03:30. This is the `fold=0` reading of PEP 495. An end is shifted the same
-  way, so 02:15-02:45 is quiet from 03:15 to 03:45 that day; a window that then ends before
-  it starts (02:30-03:00 becomes 03:30-03:00) is empty that day.
+- A time skipped by a spring-forward (02:30 in New York on its spring-forward day) is the
+  instant the clocks change, the first local time that exists after it: 02:30 becomes 03:00
+  EDT. That holds for a start (the local clock shows 03:10 as inside 02:30-08:00, so it is
+  quiet) and for an end (22:00-02:30 ends at 03:00 EDT: 02:30 has passed). So the window
+  never starts late nor ends late. A window wholly inside the skipped time (02:15-02:45, or
+  02:30-03:00) is empty that day; one partly inside it keeps the part that exists
+  (02:15-02:45 on Lord Howe Island, whose clocks go from 02:00 to 02:30, is 02:30-02:45).
 - A time that occurs twice in a fall-back (01:30 in New York on its fall-back day) is read
   so that the window is the longer: a start is the earlier occurrence and an end is the
   later one, so nobody is texted during either reading of quiet hours.
@@ -91,11 +93,30 @@ def _instant(day: date, at: time, zone: ZoneInfo, *, later_if_twice: bool) -> da
     assert first_offset is not None and second_offset is not None  # a ZoneInfo always has one
     # With PEP 495, fold=0 reads a wall time with the offset in force before a clock change
     # and fold=1 with the offset after it. They differ only near a change: in a gap the
-    # offset grows (fold=0 is then the shifted-forward reading), in a repeat it shrinks
-    # (fold=0 is then the earlier occurrence, fold=1 the later one).
+    # offset grows (fold=1 is then an instant before the change, fold=0 one after it), in a
+    # repeat it shrinks (fold=0 is then the earlier occurrence, fold=1 the later one).
+    if second_offset > first_offset:
+        return _clock_change(second.astimezone(UTC), first.astimezone(UTC), zone)
     if later_if_twice and second_offset < first_offset:
         return second.astimezone(UTC)
     return first.astimezone(UTC)
+
+
+def _clock_change(before: datetime, after: datetime, zone: ZoneInfo) -> datetime:
+    """The instant in (before, after] at which `zone` takes `after`'s offset.
+
+    ZoneInfo does not expose its transitions; they fall on whole seconds, so bisecting the
+    seconds between the two readings of a skipped time finds it (a dozen steps for an hour).
+    """
+    offset = after.astimezone(zone).utcoffset()
+    low, high = int(before.timestamp()), int(after.timestamp())  # whole minutes: exact
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, zone).utcoffset() == offset:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
 
 
 def _parse_hhmm(value: str) -> time:

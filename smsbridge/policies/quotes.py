@@ -20,6 +20,10 @@ The table, `REPLACEMENTS`:
   byte-order mark, soft hyphen) are removed. Zero-width (non-)joiners are kept: they change
   how emoji and some scripts render.
 
+Only for a gain: the replacement is kept when the result is GSM-7 or costs fewer segments.
+A body that stays UCS-2 anyway ("Hi “Bob” 😀", or Chinese text with a curly quote) is sent as
+written, not rewritten for nothing.
+
 Never costing a segment: replacing one character by one (or by none) can never add a
 segment, whether the body stays UCS-2 (one code unit for one) or becomes GSM-7 (a GSM-7
 segment holds at least 76 characters, a UCS-2 one at most 67). "…" → "..." can: in a body
@@ -66,14 +70,24 @@ _NEVER_LONGER_ANY: Final = re.compile("[" + re.escape("".join(_NEVER_LONGER)) + 
 def replace_smart_quotes(body: str) -> tuple[str, int]:
     """`body` with typographic punctuation made ASCII, and how many characters were replaced.
 
-    Never costs a segment, and is idempotent: replacing again changes nothing.
+    Changes `body` only when the result is GSM-7 or shorter in segments; never costs a
+    segment, and is idempotent: replacing again changes nothing.
     """
     if is_gsm7(body):  # the common case: nothing in the table is GSM-7
         return body, 0
     after, replaced = _ANY.subn(lambda m: REPLACEMENTS[m.group()], body)
-    if replaced and count_segments(after).count > count_segments(body).count:
+    if not replaced:
+        return body, 0
+    before_count = count_segments(body).count
+    after_count = count_segments(after).count
+    if after_count > before_count:
         after, replaced = _NEVER_LONGER_ANY.subn(lambda m: _NEVER_LONGER[m.group()], body)
-    return after, replaced
+        after_count = count_segments(after).count
+    # The sender's text is changed only for a gain: GSM-7 (room for more in each segment) or
+    # fewer segments. A body that stays UCS-2 at the same length is sent as written.
+    if replaced and (is_gsm7(after) or after_count < before_count):
+        return after, replaced
+    return body, 0
 
 
 def segments_saved(before: str, after: str) -> int:
