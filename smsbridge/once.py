@@ -14,6 +14,7 @@ keeps them in PostgreSQL for every replica (smsbridge/ledger).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -103,15 +104,55 @@ class SendClaim:
 
     request_id: str
     provider_id: str | None = None  # it was sent: Flowroute's id
-    attempts: int = 0  # attempts made when it was sent
-    settled: bool = False  # failed or blocked for good: never sent
+    attempts: int = 0  # attempts made so far (when it was sent, or settled)
+    settled: str | None = None  # "failed" or "blocked" for good: never sent
     reason: str | None = None  # why it was settled
     in_doubt_since: datetime | None = None  # an attempt whose outcome is unknown began then
+    # A delivery receipt for this request (its signed token names it) reported this provider
+    # id: an attempt whose outcome we never saw was accepted.
+    receipted: str | None = None
     token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LookUp:
+    """What a look-up of an in-doubt send in Flowroute's records must know."""
+
+    exclude: set[str]  # provider ids that belong to other requests: never this one's
+    busy: bool  # another request with the same to, from and body may be in flight right now
 
 
 class ClaimLost(Exception):
     """Our claim ran out and another handler took the request over: do not send it."""
+
+
+class Interrupted(Exception):
+    """A wait for another handler of the same request was cut short by `abort` (the worker
+    stops, the account was held): nothing was claimed."""
+
+
+async def wait_or_abort(
+    waiting: asyncio.Future[Any] | None, seconds: float | None, abort: asyncio.Event | None
+) -> None:
+    """Wait for `waiting` (or `seconds`); raise Interrupted as soon as `abort` is set."""
+    if abort is None:
+        if waiting is not None:
+            await asyncio.wait_for(asyncio.shield(waiting), seconds)
+        else:
+            await asyncio.sleep(seconds or 0)
+        return
+    if abort.is_set():
+        raise Interrupted()
+    aborted = asyncio.ensure_future(abort.wait())
+    pending: set[asyncio.Future[Any]] = {aborted}
+    if waiting is not None:
+        pending.add(waiting)
+    try:
+        await asyncio.wait(pending, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        aborted.cancel()
+    if abort.is_set():
+        raise Interrupted()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +178,14 @@ class SendClaims(Protocol):
         """A policy refused the request before it was queued: never sent."""
         ...
 
-    async def claim(self, request_id: str, history: OutboundHistory | None = None) -> SendClaim:
-        """Take the request for this handler. Waits while another handler holds it."""
+    async def claim(
+        self,
+        request_id: str,
+        history: OutboundHistory | None = None,
+        abort: asyncio.Event | None = None,
+    ) -> SendClaim:
+        """Take the request for this handler. Waits while another handler holds it (raises
+        Interrupted when `abort` is set meanwhile)."""
         ...
 
     async def attempting(self, claim: SendClaim, attempt: int) -> None:
@@ -158,9 +205,16 @@ class SendClaims(Protocol):
         may have been accepted although we never saw the answer."""
         ...
 
-    async def known_provider_ids(self, since: datetime) -> set[str]:
-        """Provider ids recorded for requests since `since` (a record found when
-        reconciling that is already one of these belongs to another request)."""
+    async def requeued(self, request_id: str, at: float) -> None:
+        """An operator requeued the request at `at` (epoch seconds): if it was settled before
+        then, it may be sent again (the requeue tools reopen it in the ledger themselves)."""
+        ...
+
+    async def look_up(self, request_id: str, since: datetime, history: OutboundHistory) -> LookUp:
+        """Before looking `request_id` up in Flowroute's records (its attempt began at
+        `since`): the provider ids other requests hold since then, and whether another
+        request saying the same thing to the same person is being sent right now (its
+        record could be taken for ours before its own answer is recorded)."""
         ...
 
 
@@ -169,6 +223,9 @@ class MemorySendClaims:
 
     def __init__(self, ttl: float) -> None:
         self.sent_ids = RecentIds(ttl=ttl)
+        self.settled_ids = RecentIds(ttl=ttl)
+        # id -> (status, reason, attempts, when it was settled)
+        self._settled: dict[str, tuple[str, str, int, float]] = {}
         self._in_doubt: dict[str, datetime] = {}
 
     async def queued(self, request_id: str, history: OutboundHistory) -> None:
@@ -177,16 +234,24 @@ class MemorySendClaims:
     async def blocked(self, request_id: str, history: OutboundHistory, reason: str) -> None:
         return None
 
-    async def claim(self, request_id: str, history: OutboundHistory | None = None) -> SendClaim:
+    async def claim(
+        self,
+        request_id: str,
+        history: OutboundHistory | None = None,
+        abort: asyncio.Event | None = None,
+    ) -> SendClaim:
         while True:
             record = self.sent_ids.value(request_id)
             if record is not None:
                 provider_id, _, attempts = record.partition(" ")
                 return SendClaim(request_id, provider_id=provider_id, attempts=int(attempts or 0))
+            if self.settled_ids.done(request_id) and request_id in self._settled:
+                status, reason, attempts_, _ = self._settled[request_id]
+                return SendClaim(request_id, settled=status, reason=reason, attempts=attempts_)
             twin = self.sent_ids.pending(request_id)
             if twin is None:
                 break
-            await asyncio.shield(twin)
+            await wait_or_abort(twin, None, abort)
         self.sent_ids.begin(request_id)
         return SendClaim(request_id, in_doubt_since=self._in_doubt.get(request_id))
 
@@ -199,6 +264,10 @@ class MemorySendClaims:
 
     async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
         self._in_doubt.pop(claim.request_id, None)
+        self._settled[claim.request_id] = (status, reason, attempts, time.time())
+        self.settled_ids.finish(claim.request_id, True)
+        if len(self._settled) > 2 * len(self.settled_ids) + 100:  # forget what expired
+            self._settled = {k: v for k, v in self._settled.items() if self.settled_ids.done(k)}
         self.sent_ids.finish(claim.request_id, False)
 
     async def released(self, claim: SendClaim, in_doubt_since: datetime | None) -> None:
@@ -206,5 +275,11 @@ class MemorySendClaims:
             self._in_doubt.setdefault(claim.request_id, in_doubt_since)
         self.sent_ids.finish(claim.request_id, False)
 
-    async def known_provider_ids(self, since: datetime) -> set[str]:
-        return {v.partition(" ")[0] for v in self.sent_ids.values()}
+    async def requeued(self, request_id: str, at: float) -> None:
+        settled = self._settled.get(request_id)
+        if settled is not None and settled[3] < at:
+            del self._settled[request_id]
+
+    async def look_up(self, request_id: str, since: datetime, history: OutboundHistory) -> LookUp:
+        # One process: its sender knows what it has in flight (busy is its own to tell).
+        return LookUp({v.partition(" ")[0] for v in self.sent_ids.values()}, busy=False)

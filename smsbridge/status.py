@@ -40,7 +40,9 @@ async def publish_status(
     """Publish a StatusEvent, confirmed. Its message_id is the same for the same event, so a
     PBX can drop a repeated one. `timeout`: wait at most this long for the confirm (the
     gateway, which must answer); without it, wait as long as the connection lives."""
-    message_id = f"{request_id}/{status}/{fields.get('attempts', 0)}/{fields.get('level')}"
+    message_id = topology.status_event_id(
+        request_id, status, fields.get("attempts", 0), fields.get("level")
+    )
     message = topology.json_message(
         status_event(request_id, status, **fields), message_id=message_id, type_=STATUS_TYPE
     )

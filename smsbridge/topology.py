@@ -86,6 +86,7 @@ H_RETURNS = "x-smsbridge-returns"  # returns of earlier copies (see REFRESH_AT)
 H_AUTO_REPLY = "x-smsbridge-auto-reply"  # an OutboundRequest answering a keyword (its family)
 AUTO_REPLY_PREFIX = "auto-"  # ... whose id is this prefix and the keyword message's id
 H_QUIET_NOTIFIED = "x-smsbridge-quiet-notified"  # status.progress "quiet hours" was published
+H_REQUEUED = "x-smsbridge-requeued-at"  # epoch ms an operator requeued it from parking
 # What the broker adds on redelivery and dead-lettering; a fresh copy starts without them.
 BROKER_HEADERS = (
     "x-delivery-count",
@@ -166,6 +167,12 @@ def amqp_message_id(text: str) -> str:
     if len(text.encode("utf-8", "surrogatepass")) <= 255:
         return text
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def status_event_id(request_id: str, status: str, attempts: int = 0, level: Any = None) -> str:
+    """A StatusEvent's message_id: the same for the same event, so that a PBX can drop a
+    repeated one and the ledger records it once."""
+    return amqp_message_id(f"{request_id}/{status}/{attempts}/{level}")
 
 
 def json_message(

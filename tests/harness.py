@@ -117,6 +117,8 @@ def make_config(
     extra_media: str = "",
     extra_outbound: str = "",
     extra: str = "",
+    sms_per_second: float = 5,
+    policy: str = "",
 ) -> Config:
     port = port or free_port()
     text = f"""
@@ -147,7 +149,7 @@ type = "flowroute"
 api_url = "{api_url}"
 access_key = "sandbox-access"
 secret_key = "sandbox-secret"
-sms_per_second = 5
+sms_per_second = {sms_per_second}
 mms_per_second = 1
 
 [[numbers]]
@@ -157,6 +159,7 @@ provider = "flowroute"
 url_prefix = "flowrouteinbound"
 source = ["100", "101"]
 destination = "100"
+policy = "{policy}"
 
 [[numbers]]
 name = "Toll free"

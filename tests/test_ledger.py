@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from smsbridge import topology
 from smsbridge.config import LedgerConfig
 from smsbridge.ledger import migrate, optouts, retention
 from smsbridge.ledger.batch import Batcher
@@ -381,7 +382,73 @@ async def test_a_request_sent_by_one_replica_is_not_sent_by_another(ledger: Ledg
     assert again.provider_id == "mdr2-x" and again.attempts == 1
     rows = await ledger.fetch("SELECT status, state, provider_id FROM messages WHERE id='req-1'")
     assert [tuple(r) for r in rows] == [("sent", "sent", "mdr2-x")]
-    assert await two.known_provider_ids(datetime.now(UTC) - timedelta(hours=1)) == {"mdr2-x"}
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert (await two.look_up("req-other", since, outbound())).exclude == {"mdr2-x"}
+    assert (await two.look_up("req-1", since, outbound())).exclude == set()  # never its own
+
+
+async def test_a_receipt_for_an_in_doubt_send_tells_its_taker_it_was_accepted(
+    ledger: Ledger,
+) -> None:
+    """The answer to a POST was lost, but Flowroute's delivery receipt for it (its signed
+    token names the request) was recorded: whoever takes the request over knows it was
+    accepted, and looking it up would never exclude its own record."""
+    dead = LedgerSendClaims(ledger, lease=SHORT, ttl=600)
+    alive = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    claim = await dead.claim("req-r", outbound())
+    await dead.attempting(claim, 1)  # POSTed; the 202 never came back
+    receipt = StatusRecord(
+        "req-r", "progress", datetime.now(UTC), None, {"provider_id": "mdr2-r"}, "k1"
+    )
+    await StatusLedger(ledger).record(receipt)
+    took_over = await asyncio.wait_for(alive.claim("req-r", outbound()), 10)
+    assert took_over.in_doubt_since is not None
+    assert took_over.receipted == "mdr2-r" and took_over.attempts == 1
+    since = datetime.now(UTC) - timedelta(hours=1)
+    assert "mdr2-r" not in (await alive.look_up("req-r", since, outbound())).exclude
+
+
+async def test_a_look_up_waits_while_the_same_text_is_being_sent_for_another_request(
+    ledger: Ledger,
+) -> None:
+    one = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    sending = await one.claim("req-y", outbound("same"))
+    await one.attempting(sending, 1)  # its POST is in flight
+    assert (await one.look_up("req-x", since, outbound("same"))).busy
+    assert not (await one.look_up("req-x", since, outbound("other"))).busy
+    assert not (await one.look_up("req-y", since, outbound("same"))).busy  # not itself
+    await one.sent(sending, "mdr2-y", 1)
+    assert not (await one.look_up("req-x", since, outbound("same"))).busy
+
+
+async def test_a_settled_request_keeps_why_and_after_how_many_attempts(ledger: Ledger) -> None:
+    """A handler run again after its status.failed or its park failed publishes the same
+    event (reason and attempts, hence message id) and parks a failed request again."""
+    one = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    claim = await one.claim("req-f", outbound())
+    await one.attempting(claim, 3)
+    await one.settle(claim, "failed", "Flowroute refused: HTTP 422: bad number", 3)
+    again = await LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600).claim(
+        "req-f", outbound()
+    )
+    assert (again.settled, again.reason, again.attempts) == (
+        "failed",
+        "Flowroute refused: HTTP 422: bad number",
+        3,
+    )
+    # The recorder's copy of that status.failed event is the same line of the timeline.
+    event = StatusRecord(
+        "req-f",
+        "failed",
+        datetime.now(UTC),
+        "Flowroute refused: HTTP 422: bad number",
+        {"attempts": 3},
+        topology.status_event_id("req-f", "failed", 3),
+    )
+    await StatusLedger(ledger).record(event)
+    rows = await ledger.fetch("SELECT status FROM message_events WHERE message_id = 'req-f'")
+    assert [r["status"] for r in rows].count("failed") == 1
 
 
 async def test_a_replica_that_died_after_its_post_leaves_the_send_in_doubt(
@@ -408,7 +475,7 @@ async def test_a_definite_refusal_is_not_in_doubt_and_a_settled_request_stays_se
     assert again.in_doubt_since is None
     await one.settle(again, "blocked", "opted out", 1)
     other = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
-    assert (await other.claim("req-3", outbound())).settled
+    assert (await other.claim("req-3", outbound())).settled == "blocked"
     rows = await ledger.fetch("SELECT status FROM messages WHERE id = 'req-3'")
     assert rows[0]["status"] == "blocked"
 

@@ -41,6 +41,12 @@ from smsbridge.waiting import Backoff, MustWait
 log = get_logger(__name__)
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[str | None]]
+# Told (and awaited) before a message is parked for a reason its handler did not report itself
+# (a bug, a crash loop): e.g. the outbound stage publishes the request's status.failed.
+ParkHook = Callable[[AbstractIncomingMessage, str], Awaitable[None]]
+# A broker call that should answer at once (cancel a consumer, close a channel): a stop must
+# not wait long for it when the broker is away.
+BROKER_CALL_TIMEOUT = 2.0
 
 
 class DeliveryLost(Exception):
@@ -97,6 +103,7 @@ class Consumer:
         prefetch: int,
         on_open: Callable[[], None] | None = None,
         on_stop: Callable[[], None] | None = None,
+        on_park: ParkHook | None = None,
         stop_timeout: float = 10.0,
     ) -> None:
         self.broker = broker
@@ -112,6 +119,7 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._on_open = on_open
         self._on_stop = on_stop
+        self._on_park = on_park
         self.stop_timeout = stop_timeout
         self._arguments: dict[str, Any] | None = None
         self._held = DELIVERIES_HELD.labels(queue)
@@ -135,12 +143,16 @@ class Consumer:
         tag, self._tag = self._tag, None
         if self._queue is not None and tag is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._queue.cancel(tag), 5)
+                await asyncio.wait_for(self._queue.cancel(tag), BROKER_CALL_TIMEOUT)
             log.info("consuming paused", queue=self.queue_name)
 
     async def resume(self) -> None:
         if self._queue is None or self._tag is not None or self._stopping.is_set():
             return
+        if self._on_open is not None:
+            # Like a reopen: on a single-active-consumer queue this consumer may become the
+            # active one again without any other sign.
+            self._on_open()
         self._tag = await self._queue.consume(self._on_message, arguments=self._arguments)
         log.info("consuming resumed", queue=self.queue_name)
 
@@ -155,7 +167,7 @@ class Consumer:
             await asyncio.wait(self._inflight, timeout=timeout or self.stop_timeout)
         if self._channel is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._channel.close(), 5)
+                await asyncio.wait_for(self._channel.close(), BROKER_CALL_TIMEOUT)
 
     @property
     def stopping(self) -> bool:
@@ -194,7 +206,8 @@ class Consumer:
                 raise
             except Exception as exc:
                 log.exception("handler failed; parking the message")
-                await self._park(message, f"internal error: {type(exc).__name__}: {exc}")
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+                await self._park(message, reason, tell=True)
                 return
             MESSAGES_HANDLED.labels(self.worker, outcome).inc()
             await self._ack(message)
@@ -239,6 +252,7 @@ class Consumer:
             await self._park(
                 message,
                 f"returned {returns} times without being settled (does it stop the worker?)",
+                tell=True,
             )
             return True
         copy = topology.copy_message(message, {topology.H_RETURNS: returns})
@@ -252,10 +266,22 @@ class Consumer:
         await self._ack(message)
         return True
 
-    async def _park(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _park(
+        self, message: AbstractIncomingMessage, reason: str, *, tell: bool = False
+    ) -> None:
+        """Park `message` with `reason`; `tell`: first run the park hook (the handler did not
+        get to report the failure itself)."""
         backoff = Backoff()
         while True:
             try:
+                if tell and self._on_park is not None:
+                    try:
+                        await self._on_park(message, reason)
+                    except PublishFailed:
+                        raise  # held below, and told again
+                    except Exception:  # the park itself matters more
+                        log.exception("park hook failed; parking anyway")
+                    tell = False
                 await park(self.broker, self.stage, message, reason)
                 break
             except PublishFailed as exc:

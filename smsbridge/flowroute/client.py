@@ -166,8 +166,11 @@ class FlowrouteClient:
             try:
                 provider_id = orjson.loads(raw)["data"]["id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
+                provider_id = None
+            if not isinstance(provider_id, str) or not provider_id:
+                # Accepted, most likely: look it up in the records rather than resend it.
                 raise Transient(f"HTTP {status} without a message id", in_doubt=True) from None
-            return Sent(str(provider_id))
+            return Sent(provider_id)
         reason = error_detail(status, raw)
         if status == 429 or status >= 500:
             # A proxy's 502/504 may hide a send that reached Flowroute.

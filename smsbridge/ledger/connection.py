@@ -90,8 +90,10 @@ class Ledger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         if self._pool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pool.close(), 10)
+            try:  # a stop must end well inside an orchestrator's grace period
+                await asyncio.wait_for(self._pool.close(), 3)
+            except Exception:
+                self._pool.terminate()
             self._pool = None
 
     # -- queries -----------------------------------------------------------------------

@@ -260,3 +260,26 @@ class LedgerClaims:
         )
         done = {r["id"] for r in rows}
         return [i[0] in done for i in items]
+
+
+_KEYWORD_MESSAGE = """
+SELECT from_number, to_number, body FROM messages WHERE direction = 'inbound' AND id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Texted:
+    """Who texted what to which of our numbers (an inbound message in the ledger)."""
+
+    from_: str | None
+    to: str | None
+    body: str | None
+
+
+async def texted(ledger: Ledger, message_id: str) -> Texted | None:
+    """The inbound message `message_id` (Flowroute's id), if the ledger has it."""
+    rows = await ledger.fetch(_KEYWORD_MESSAGE, message_id)
+    if not rows:
+        return None
+    row = rows[0]
+    return Texted(row["from_number"], row["to_number"], row["body"])

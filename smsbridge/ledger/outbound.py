@@ -20,8 +20,9 @@ from typing import Any
 from smsbridge.ledger import values as pg
 from smsbridge.ledger.batch import Batcher
 from smsbridge.ledger.connection import Ledger
-from smsbridge.once import ClaimLost, OutboundHistory, SendClaim
+from smsbridge.once import ClaimLost, LookUp, OutboundHistory, SendClaim, wait_or_abort
 from smsbridge.recent import RecentIds
+from smsbridge.topology import status_event_id
 
 _QUEUED = """
 WITH input AS (  -- once per id: the PBX may publish the same request twice in a row
@@ -88,7 +89,7 @@ taken AS (
 SELECT input.id, input.token,
        (inserted.id IS NOT NULL OR taken.id IS NOT NULL) AS claimed,
        taken.doubt_since AS in_doubt_since,
-       existing.state, existing.provider_id, existing.attempts,
+       existing.state, existing.status, existing.provider_id, existing.attempts,
        (SELECT e.reason FROM message_events AS e
         WHERE existing.state = 'settled' AND e.direction = 'outbound'
           AND e.message_id = input.id AND e.status = 'failed'
@@ -120,14 +121,26 @@ WHERE m.direction = 'outbound' AND m.id = input.id
 RETURNING m.id
 """
 
+# With its status.failed event, keyed as the recorder keys it (a no-op when the event is
+# recorded): a handler run again after a crash publishes the same event from it.
 _SETTLED = """
-UPDATE messages AS m
-SET state = 'settled', status = input.status, attempts = input.attempts,
-    claim_token = NULL, claim_until = NULL, doubt_since = NULL, updated_at = now()
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::integer[])
-    AS input(id, token, status, attempts)
-WHERE m.direction = 'outbound' AND m.id = input.id AND m.claim_token = input.token
-RETURNING m.id
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::integer[], $5::text[],
+                         $6::text[])
+        AS t(id, token, status, attempts, reason, event_key)
+),
+done AS (
+    UPDATE messages AS m
+    SET state = 'settled', status = input.status, attempts = input.attempts,
+        claim_token = NULL, claim_until = NULL, doubt_since = NULL, updated_at = now()
+    FROM input
+    WHERE m.direction = 'outbound' AND m.id = input.id AND m.claim_token = input.token
+    RETURNING m.id
+)
+INSERT INTO message_events (direction, message_id, status, at, reason, event_key)
+SELECT 'outbound', input.id, 'failed', now(), input.reason, input.event_key
+FROM input JOIN done ON done.id = input.id
+ON CONFLICT DO NOTHING
 """
 
 _RELEASED = """
@@ -143,9 +156,17 @@ WHERE m.direction = 'outbound' AND m.id = input.id AND m.claim_token = input.tok
 RETURNING m.id
 """
 
-_PROVIDER_IDS = """
-SELECT provider_id FROM messages
-WHERE direction = 'outbound' AND provider_id IS NOT NULL AND created_at >= $1
+# Never the request's own id: a delivery receipt may have put it on its row already.
+_LOOK_UP = """
+SELECT
+    (SELECT coalesce(array_agg(provider_id), '{}') FROM messages
+     WHERE direction = 'outbound' AND provider_id IS NOT NULL AND created_at >= $2
+       AND id <> $1) AS exclude,
+    EXISTS (SELECT 1 FROM messages
+            WHERE direction = 'outbound' AND id <> $1 AND state = 'sending'
+              AND claim_until > now() AND doubt_since IS NOT NULL
+              AND to_number = $3 AND from_number = $4 AND body IS NOT DISTINCT FROM $5)
+        AS busy
 """
 
 
@@ -154,6 +175,7 @@ class _ClaimRow:
     claimed: bool
     in_doubt_since: datetime | None
     state: str | None
+    status: str | None
     provider_id: str | None
     attempts: int
     reason: str | None
@@ -194,7 +216,12 @@ class LedgerSendClaims:
         columns = _history_columns([history])
         await self.ledger.execute(_BLOCKED, request_id, *(c[0] for c in columns))
 
-    async def claim(self, request_id: str, history: OutboundHistory | None = None) -> SendClaim:
+    async def claim(
+        self,
+        request_id: str,
+        history: OutboundHistory | None = None,
+        abort: asyncio.Event | None = None,
+    ) -> SendClaim:
         while True:
             record = self.recent.value(request_id)
             if record is not None:
@@ -203,10 +230,10 @@ class LedgerSendClaims:
             twin = self.recent.pending(request_id)
             if twin is None:
                 break
-            await asyncio.shield(twin)
+            await wait_or_abort(twin, None, abort)
         self.recent.begin(request_id)
         try:
-            claim = await self._claim_in_ledger(request_id, history)
+            claim = await self._claim_in_ledger(request_id, history, abort)
         except BaseException:
             self.recent.finish(request_id, False)
             raise
@@ -216,19 +243,30 @@ class LedgerSendClaims:
             self.recent.finish(request_id, False)
         return claim
 
-    async def _claim_in_ledger(self, request_id: str, history: OutboundHistory | None) -> SendClaim:
+    async def _claim_in_ledger(
+        self, request_id: str, history: OutboundHistory | None, abort: asyncio.Event | None
+    ) -> SendClaim:
         wait = 0.1
         while True:
             token = uuid.uuid4()
             row = await self._claim.submit((request_id, token, history))
             if row.claimed:
-                return SendClaim(request_id, in_doubt_since=row.in_doubt_since, token=str(token))
+                return SendClaim(
+                    request_id,
+                    in_doubt_since=row.in_doubt_since,
+                    attempts=row.attempts,
+                    receipted=row.provider_id,
+                    token=str(token),
+                )
             if row.state == "sent":
                 return SendClaim(request_id, provider_id=row.provider_id, attempts=row.attempts)
             if row.state == "settled":
-                return SendClaim(request_id, settled=True, reason=row.reason)
+                settled = "blocked" if row.status == "blocked" else "failed"
+                return SendClaim(
+                    request_id, settled=settled, reason=row.reason, attempts=row.attempts
+                )
             # Another sender holds it (its claim has yet to run out): its outcome decides.
-            await asyncio.sleep(wait)
+            await wait_or_abort(None, wait, abort)
             wait = min(wait * 2, 2.0)
 
     async def attempting(self, claim: SendClaim, attempt: int) -> None:
@@ -240,7 +278,10 @@ class LedgerSendClaims:
         self.recent.finish(claim.request_id, True, f"{provider_id} {attempts}")
 
     async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
-        await self._settled.submit((claim.request_id, uuid.UUID(claim.token), status, attempts))
+        key = status_event_id(claim.request_id, "failed", attempts)
+        await self._settled.submit(
+            (claim.request_id, uuid.UUID(claim.token), status, attempts, reason, key)
+        )
         self.recent.finish(claim.request_id, False)
 
     async def released(self, claim: SendClaim, in_doubt_since: datetime | None) -> None:
@@ -256,9 +297,19 @@ class LedgerSendClaims:
         finally:
             self.recent.finish(claim.request_id, False)
 
-    async def known_provider_ids(self, since: datetime) -> set[str]:
-        rows = await self.ledger.fetch(_PROVIDER_IDS, since - timedelta(days=1))
-        return {str(r["provider_id"]) for r in rows}
+    async def requeued(self, request_id: str, at: float) -> None:
+        return None  # `reopen` below, run by the requeue tools before they publish
+
+    async def look_up(self, request_id: str, since: datetime, history: OutboundHistory) -> LookUp:
+        [row] = await self.ledger.fetch(
+            _LOOK_UP,
+            request_id,
+            since - timedelta(days=1),
+            history.to,
+            history.from_,
+            pg.text(history.body),
+        )
+        return LookUp({str(p) for p in row["exclude"]}, bool(row["busy"]))
 
     # -- batched statements --------------------------------------------------------------
     async def _queued_batch(self, items: list[tuple[str, OutboundHistory]]) -> list[None]:
@@ -282,6 +333,7 @@ class LedgerSendClaims:
                 r["claimed"],
                 r["in_doubt_since"],
                 r["state"],
+                r["status"],
                 r["provider_id"],
                 r["attempts"] or 0,
                 r["reason"],
@@ -307,13 +359,17 @@ class LedgerSendClaims:
         )
         return [None] * len(items)
 
-    async def _settled_batch(self, items: list[tuple[str, uuid.UUID, str, int]]) -> list[None]:
-        await self.ledger.fetch(
+    async def _settled_batch(
+        self, items: list[tuple[str, uuid.UUID, str, int, str, str]]
+    ) -> list[None]:
+        await self.ledger.execute(
             _SETTLED,
             [i[0] for i in items],
             [i[1] for i in items],
             [i[2] for i in items],
             [i[3] for i in items],
+            [pg.text(i[4]) for i in items],
+            [i[5] for i in items],
         )
         return [None] * len(items)
 

@@ -35,7 +35,7 @@ from smsbridge.waiting import Backoff
 from workers.consumer import Consumer
 from workers.outbound.account import Account
 from workers.outbound.delays import Delays, all_tiers
-from workers.outbound.intake import Intake
+from workers.outbound.intake import Intake, tell_failed
 from workers.outbound.ratelimit import SlidingWindowLimiter
 from workers.outbound.sender import Sender
 
@@ -60,7 +60,7 @@ class OutboundWorker:
         self.ledger = ledger
         self.settings = config.outbound
         self.claims = claims or MemorySendClaims(ttl=self.settings.sent_ids_seconds)
-        self.intake = Intake(config, broker, self.claims)
+        self.intake = Intake(config, broker, self.claims, ledger)
         delays = Delays(broker, self.settings.retry_delays)
         opted_out = None
         if ledger is not None:  # the opt-out list lives there
@@ -128,12 +128,14 @@ class OutboundWorker:
             await self._session.close()
 
     def consumers(self) -> list[Consumer]:
+        tell = functools.partial(tell_failed, self.broker)
         intake = Consumer(
             self.broker,
             topology.OUTBOUND_QUEUE,
             "outbound",
             self.intake.handle,
             prefetch=self.config.broker.prefetch,
+            on_park=tell,
         )
         for name, account in self.accounts.items():
             self._consumers[name] = Consumer(
@@ -144,6 +146,7 @@ class OutboundWorker:
                 prefetch=self.settings.concurrency,
                 on_open=account.opened,
                 on_stop=account.drain,
+                on_park=tell,
                 # An HTTP send in flight finishes and is recorded before the stop.
                 stop_timeout=self.settings.request_timeout + 5,
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
@@ -23,11 +23,14 @@ from schemas.messages import OutboundRequest
 from smsbridge import topology
 from smsbridge.broker import Broker
 from smsbridge.config import Config, NumberConfig
+from smsbridge.ledger import inbound
+from smsbridge.ledger.connection import Ledger
 from smsbridge.logs import get_logger
 from smsbridge.media_store import MediaStore
 from smsbridge.metrics import POLICY_BLOCKED, QUOTES_REPLACED, SEGMENTS_SAVED
 from smsbridge.once import SendClaims
 from smsbridge.phone import NumberError, to_e164
+from smsbridge.policies import Keyword, match_keyword
 from smsbridge.status import publish_status
 from workers.consumer import Park
 from workers.outbound import job as jobs
@@ -48,10 +51,13 @@ def now_ms() -> int:
 
 
 class Intake:
-    def __init__(self, config: Config, broker: Broker, claims: SendClaims) -> None:
+    def __init__(
+        self, config: Config, broker: Broker, claims: SendClaims, ledger: Ledger | None = None
+    ) -> None:
         self.config = config
         self.broker = broker
         self.claims = claims
+        self.ledger = ledger
         self.region = config.outbound.default_region
         self.media_store = MediaStore(config.media.dir)
         gw = config.gateway
@@ -71,9 +77,15 @@ class Intake:
             await fail(self.broker, request_id, f"invalid request: {_validation_reason(exc)}", 0)
         except Invalid as exc:
             await fail(self.broker, request_id, f"invalid request: {exc}", 0)
-        auto_reply = (message.headers or {}).get(topology.H_AUTO_REPLY)
-        if isinstance(auto_reply, str) and job.id.startswith(topology.AUTO_REPLY_PREFIX):
-            job = dataclasses.replace(job, auto_reply=auto_reply)  # the bridge's own reply
+        if job.id.startswith(topology.AUTO_REPLY_PREFIX):
+            family = await self._keyword_reply(job, message)
+            if family is None:
+                reason = (
+                    f"invalid request: ids starting '{topology.AUTO_REPLY_PREFIX}' are reserved "
+                    "for the bridge's replies to STOP, START and HELP"
+                )
+                await fail(self.broker, job.id, reason, 0)
+            job = dataclasses.replace(job, auto_reply=family)  # the bridge's own reply
         blocked = rules.refusal(job.to, job.segments, self.config.policy_of(self._number(job)))
         if blocked is not None:
             POLICY_BLOCKED.labels(blocked.rule).inc()
@@ -85,11 +97,34 @@ class Intake:
         # Recorded before it is queued: its sender finds it in the history.
         await self.claims.queued(job.id, job.history())
         headers = {topology.H_FIRST_SEEN: now_ms(), topology.H_ATTEMPTS: 0}
+        requeued = (message.headers or {}).get(topology.H_REQUEUED)
+        if isinstance(requeued, int):
+            headers[topology.H_REQUEUED] = requeued
         queued = topology.json_message(
             job.to_json(), message_id=job.id, type_=jobs.TYPE, headers=headers
         )
         await self.broker.deliver(topology.INTERNAL, topology.account_key(job.account), queued)
         return "queued"
+
+    async def _keyword_reply(
+        self, job: jobs.SendJob, message: AbstractIncomingMessage
+    ) -> Keyword | None:
+        """The keyword family an `auto-` request answers, when it is the bridge's own reply:
+        the ledger has the keyword message it answers, from its recipient to its number.
+        Anyone who can publish to smsbridge.outbound can set the header, and a reply is
+        neither held back by an opt-out nor by quiet hours."""
+        family = (message.headers or {}).get(topology.H_AUTO_REPLY)
+        if self.ledger is None or family not in ("stop", "start", "help"):
+            return None
+        texted = await inbound.texted(self.ledger, job.id.removeprefix(topology.AUTO_REPLY_PREFIX))
+        if (
+            texted is None
+            or texted.to != job.from_
+            or texted.from_ != job.to
+            or match_keyword(texted.body) != family
+        ):
+            return None
+        return cast(Keyword, family)
 
     def plan(self, request: OutboundRequest) -> jobs.SendJob:
         """Resolve a valid request into what to send, from which number and account."""
@@ -164,6 +199,26 @@ async def fail(
         broker, request_id, "failed", reason=reason, attempts=attempts, segments=segments
     )
     raise Park(reason)
+
+
+async def tell_failed(broker: Broker, message: AbstractIncomingMessage, reason: str) -> None:
+    """The park hook of the outbound consumers: a request parked for a reason its handler did
+    not report (a bug, a crash loop) still gets its status.failed."""
+    request_id = message.message_id or "unknown"
+    try:
+        raw = orjson.loads(message.body)
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
+            request_id = raw["id"][:128]
+    except orjson.JSONDecodeError:
+        pass
+    attempts = (message.headers or {}).get(topology.H_ATTEMPTS, 0)
+    await publish_status(
+        broker,
+        request_id,
+        "failed",
+        reason=reason,
+        attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0,
+    )
 
 
 def _validation_reason(exc: ValidationError) -> str:

@@ -24,6 +24,7 @@ to be looked up, never blindly resent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,14 +48,14 @@ from smsbridge.flowroute.client import (
 )
 from smsbridge.logs import get_logger
 from smsbridge.metrics import POLICY_BLOCKED, SEND_RETRIES, SEND_SECONDS, SENDS
-from smsbridge.once import ClaimLost, SendClaim, SendClaims
+from smsbridge.once import ClaimLost, Interrupted, SendClaim, SendClaims
 from smsbridge.status import publish_status
 from smsbridge.waiting import Backoff, MustWait
 from workers.consumer import DeliveryLost, Park, int_header
 from workers.outbound import rules
 from workers.outbound.account import Account, AccountHeld
 from workers.outbound.delays import Delays
-from workers.outbound.intake import fail, now_ms
+from workers.outbound.intake import fail, now_ms, tell_failed
 from workers.outbound.job import BadJob, SendJob
 
 log = get_logger(__name__)
@@ -63,10 +64,21 @@ HELD_WAIT = 5.0  # seconds a request that met a held account waits before it is 
 RECORDS_RETRY = 30.0  # seconds before looking up Flowroute's records again after they failed
 # Look for an in-doubt send this far around its attempt (clocks differ; records lag).
 RECORDS_MARGIN = timedelta(minutes=5)
+# After a wait this long for a rate slot, the opt-out list is read again before the POST.
+OPT_OUT_RECHECK_AFTER = 2.0
 
 
 class _LookUpLater(Exception):
     """An in-doubt send cannot be looked up yet; the request waits in a delay queue."""
+
+
+class _PolicyApplies(Exception):
+    """The number's policy stopped a send after its wait for a rate slot (it was blocked, or
+    it waits for quiet hours to end): `outcome` says which; it was handled."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 @dataclass
@@ -100,23 +112,34 @@ class Sender:
         self._dlr_base = f"{gw.public_url}/{gw.dlr_path}/" if gw.public_url else None
         self._dlr_secret = gw.dlr_secret.get_secret_value().encode() if gw.dlr_secret else None
         self._dlr_lifetime = self.settings.max_age_seconds + gw.receipt_window_seconds
+        # (to, from, body) of the sends in flight here (see _look_up).
+        self._in_flight: collections.Counter[tuple[str, str, str | None]] = collections.Counter()
 
     async def handle(self, account: Account, message: AbstractIncomingMessage) -> str:
         try:
             job = SendJob.from_json(message.body)
         except BadJob as exc:
+            await tell_failed(self.broker, message, str(exc))
             raise Park(str(exc)) from None
         if account.held:
             await self._later(message, account, HELD_WAIT, "account held")
             return "held"
-        claim = await self.claims.claim(job.id, job.history())
+        requeued = int_header(message, topology.H_REQUEUED)
+        if requeued:
+            await self.claims.requeued(job.id, requeued / 1000)
+        try:
+            claim = await self.claims.claim(job.id, job.history(), account.interrupt)
+        except Interrupted:
+            return await self._interrupted(account, message)
         if claim.provider_id is not None:
             # Sent before (a redelivery, or the PBX published the id twice): never again, but
             # make sure its status.sent was published (the same event, message_id included).
             await self._status_sent(job, claim.provider_id, claim.attempts)
             return "duplicate"
-        if claim.settled:
-            # Failed or blocked before: the PBX hears it again (a request id is used once).
+        if claim.settled is not None:
+            # Failed or blocked for good before (this handler run again after its status
+            # publish or its park failed, or the PBX reused the id): the same status.failed
+            # again, and a failed request is parked as it was the first time.
             reason = claim.reason or "this request id failed or was blocked before"
             await publish_status(
                 self.broker,
@@ -126,9 +149,19 @@ class Sender:
                 attempts=claim.attempts,
                 segments=job.segments,
             )
+            if claim.settled == "failed":
+                raise Park(reason)
             return "duplicate"
         work = _Open(claim, claim.in_doubt_since)
         try:
+            if claim.receipted is not None:
+                # A delivery receipt for this request came although its send was never
+                # recorded (its answer was lost): it was accepted. Nothing to look up.
+                attempts = max(int_header(message, topology.H_ATTEMPTS), claim.attempts)
+                await self._record_sent(work, claim.receipted, attempts)
+                await self._status_sent(job, claim.receipted, attempts)
+                log.info("a send whose answer was lost is known from its delivery receipt")
+                return "reconciled"
             if work.in_doubt_since is None:  # else it may be sent already: look it up first
                 waiting = await self._policy(account, message, job, work)
                 if waiting is not None:
@@ -141,16 +174,30 @@ class Sender:
                 except MustWait as exc:  # its lease runs out instead: in doubt, looked up
                     log.warning("claim not released", error=str(exc))
 
+    async def _interrupted(self, account: Account, message: AbstractIncomingMessage) -> str:
+        """A wait was cut short: give the delivery back when stopping, else (held) wait."""
+        if account.draining:
+            raise DeliveryLost()
+        await self._later(message, account, HELD_WAIT, "account held")
+        return "held"
+
     async def _policy(
-        self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
+        self,
+        account: Account,
+        message: AbstractIncomingMessage,
+        job: SendJob,
+        work: _Open,
+        *,
+        opt_out: bool = True,
     ) -> str | None:
-        """The number's policy before a send (rules.py): a recipient who opted out blocks it,
-        quiet hours make it wait. None: go ahead."""
+        """The number's policy before a send (rules.py): a recipient who opted out blocks it
+        (checked when `opt_out`: a query), quiet hours make it wait. None: go ahead."""
         policy = self.config.policy_of(self.config.number(job.from_))
         if policy is None or job.auto_reply is not None:
             return None
         if (
-            policy.opt_out
+            opt_out
+            and policy.opt_out
             and self.opted_out is not None
             and await self.opted_out(job.from_, job.to)
         ):
@@ -179,10 +226,14 @@ class Sender:
     async def _send(
         self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
     ) -> str:
-        attempts = int_header(message, topology.H_ATTEMPTS)
+        attempts = max(int_header(message, topology.H_ATTEMPTS), work.claim.attempts)
         if work.in_doubt_since is not None:
             # One look-up (and its record) at a time per account: two in-doubt requests with
-            # the same to, from and body must not both take the one record found.
+            # the same to, from and body must not both take the one record found. The others
+            # wait in a delay queue, not as unacked deliveries.
+            if account.reconciling.locked():
+                await self._later(message, account, HELD_WAIT, "another look-up is running")
+                return "in_doubt"
             async with account.reconciling:
                 try:
                     found = await self._look_up(account, message, job, work)
@@ -207,6 +258,8 @@ class Sender:
         payload = message_body(job.to, job.from_, job.body, job.media_urls, dlr)
         try:
             sent, attempts = await self._attempts(account, message, work, payload, job, attempts)
+        except _PolicyApplies as exc:
+            return exc.outcome
         except AccountHeld:
             await self._later(message, account, HELD_WAIT, "account held", attempts)
             return "held"
@@ -246,23 +299,42 @@ class Sender:
         job: SendJob,
         attempts: int,
     ) -> tuple[Sent, int]:
-        """POST, with quick retries of transient failures that surely were not accepted."""
+        """POST, with quick retries of transient failures that surely were not accepted.
+
+        The attempt is recorded before the wait for a rate slot, so that nothing awaited
+        stands between the slot and the POST: a slow ledger write there would let a burst of
+        attempts land inside the next one's second."""
+
+        async def pause(seconds: float) -> None:  # a quick retry's wait ends when we stop
+            if not await _wait_unless(account.interrupt, seconds):
+                raise DeliveryLost() if account.draining else AccountHeld()
+
+        content = (job.to, job.from_, job.body)
         async for attempt in AsyncRetrying(  # a new one per call: not shareable
             retry=retry_if_exception(lambda e: isinstance(e, Transient) and not e.in_doubt),
             stop=stop_after_attempt(self.settings.in_process_attempts),
             wait=_wait,
+            sleep=pause,
             before_sleep=lambda _: SEND_RETRIES.labels(account.name, "quick").inc(),
             reraise=True,
         ):
             with attempt:
-                await account.slot(job.is_mms, message)
                 attempts += 1
                 try:
                     await self.claims.attempting(work.claim, attempts)
                 except ClaimLost:
                     raise DeliveryLost() from None
+                waited = time.monotonic()
+                await account.slot(job.is_mms, message)
+                # Quiet hours may have begun while it waited for the slot; after a long wait,
+                # the recipient may have opted out too.
+                long_wait = time.monotonic() - waited > OPT_OUT_RECHECK_AFTER
+                outcome = await self._policy(account, message, job, work, opt_out=long_wait)
+                if outcome is not None:
+                    raise _PolicyApplies(outcome)
                 work.in_doubt_since = datetime.now(UTC)
                 started = time.perf_counter()
+                self._in_flight[content] += 1
                 try:
                     sent = await account.client.send(payload)
                 except SendError as exc:
@@ -276,6 +348,9 @@ class Sender:
                         raise AccountHeld() from exc
                     raise
                 finally:
+                    self._in_flight[content] -= 1
+                    if not self._in_flight[content]:
+                        del self._in_flight[content]
                     SEND_SECONDS.labels(account.name).observe(time.perf_counter() - started)
                 SENDS.labels(account.name, "sent").inc()
                 account.last_minute.add("sent")
@@ -293,13 +368,19 @@ class Sender:
         if due > 0:  # give Flowroute's records time to show it
             await self._later(message, account, due, "looking up a send whose outcome is unknown")
             raise _LookUpLater()
+        context = await self.claims.look_up(job.id, since - RECORDS_MARGIN, job.history())
+        if context.busy or (job.to, job.from_, job.body) in self._in_flight:
+            # The same text to the same person is being sent right now: its record could be
+            # taken for ours before its own answer is recorded. Look again in a moment.
+            await self._later(message, account, HELD_WAIT, "the same text is being sent")
+            raise _LookUpLater()
         attributes = message_body(job.to, job.from_, job.body, job.media_urls, None)
         try:
             found = await account.client.find_sent(
                 attributes["data"]["attributes"],
                 since - RECORDS_MARGIN,
                 datetime.now(UTC) + RECORDS_MARGIN,
-                exclude=await self.claims.known_provider_ids(since - RECORDS_MARGIN),
+                exclude=context.exclude,
             )
         except AuthFailure as exc:
             account.hold(exc)
@@ -396,6 +477,17 @@ class Sender:
             job.segments,
         )
         return self._dlr_base + receipt_token.sign(self._dlr_secret, ref)
+
+
+async def _wait_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds`; False (at once) if `event` is set first."""
+    if event.is_set():
+        return False
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return True
+    return False
 
 
 def _retrying_since(message: AbstractIncomingMessage) -> int:
