@@ -33,6 +33,7 @@ from smsbridge.waiting import MustWait
 log = get_logger(__name__)
 
 SLOW_CONFIRM_WARNING = 30.0  # seconds between warnings while a publish waits for its confirm
+FAN_OUT = frozenset({topology.EVENTS, topology.JOURNALED})  # exchanges with many queues
 
 
 class PublishFailed(MustWait):
@@ -89,11 +90,17 @@ async def connect(
 
 class Broker:
     def __init__(
-        self, urls: str | Sequence[str], name: str, *, publish_timeout: float = 2.0
+        self,
+        urls: str | Sequence[str],
+        name: str,
+        *,
+        publish_timeout: float = 2.0,
+        hold_limit: float = 1200.0,
     ) -> None:
         self._urls = [urls] if isinstance(urls, str) else list(urls)
         self.name = name
         self.publish_timeout = publish_timeout
+        self.hold_limit = hold_limit  # see workers/consumer.py
         self._pub_conn: AbstractRobustConnection | None = None
         self._sub_conn: AbstractRobustConnection | None = None
         self._pub_channel: AbstractChannel | None = None
@@ -314,7 +321,12 @@ class Broker:
             raise
         except DeliveryError as exc:  # a nack: the broker refused it (e.g. a full queue)
             await self._renew_channel()
-            raise PublishFailed(f"publish refused by the broker: {exc}") from None
+            # Where a publish reaches several queues, one that refuses makes the whole publish
+            # a nack while the others keep their copy (RabbitMQ's reject-publish): stored,
+            # perhaps, as far as its readers are concerned.
+            raise PublishFailed(
+                f"publish refused by the broker: {exc}", in_doubt=exchange in FAN_OUT
+            ) from None
         except Exception as exc:  # channel closed or connection lost before the confirm
             raise PublishFailed(
                 f"publish failed: {type(exc).__name__}: {exc}", in_doubt=True

@@ -68,6 +68,16 @@ class BrokerConfig(_Section):
             "(Flowroute sends again) and a worker waits and tries again"
         ),
     )
+    hold_limit_seconds: float = Field(
+        default=1200.0,
+        gt=0,
+        description=(
+            "The longest a worker holds a delivery while the broker or the ledger is away; it "
+            "is then put back at the end of its queue as a fresh copy. Keep it under "
+            "RabbitMQ's `consumer_timeout` (30 min by default), which would return the "
+            "delivery and count that against the queue's delivery limit"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_of_url_and_urls(self) -> BrokerConfig:
@@ -245,6 +255,28 @@ class MediaConfig(_Section):
     fetch_concurrency: int = Field(
         default=4, ge=1, le=32, description="downloads in flight per MMS"
     )
+    retry_for_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description=(
+            "How long after it arrived an MMS whose media failed for a passing reason (a "
+            "timeout, a connection error, HTTP 429 or 5xx) is tried "
+            "again, waiting in delay queues, before it goes to the PBX with the error; 0: "
+            "never. Flowroute's media links stay valid for days"
+        ),
+    )
+    retry_delays: list[float] = Field(
+        default_factory=lambda: [30.0, 120.0],
+        min_length=1,
+        description="Seconds between those tries (the last one repeats)",
+    )
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive_delays(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("every delay must be positive")
+        return values
 
     @field_validator("allow_networks")
     @classmethod

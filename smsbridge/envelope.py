@@ -25,16 +25,20 @@ class Envelope:
     received_at: str
     prefix: str
     webhook: Any
-    media: list[dict[str, Any]] | None = None
+    media: list[dict[str, Any]] | None = None  # the media worker's final word
+    fetched: list[dict[str, Any]] | None = None  # its results so far, while it tries again
 
     def with_media(self, media: list[dict[str, Any]]) -> bytes:
+        return self._dumps(media=media)
+
+    def with_fetched(self, fetched: list[dict[str, Any]]) -> bytes:
+        """For the media worker's next try: what it fetched so far (and what failed)."""
+        return self._dumps(fetched=fetched)
+
+    def _dumps(self, **extra: Any) -> bytes:
         return orjson.dumps(
-            {
-                "received_at": self.received_at,
-                "prefix": self.prefix,
-                "webhook": self.webhook,
-                "media": media,
-            }
+            {"received_at": self.received_at, "prefix": self.prefix, "webhook": self.webhook}
+            | extra
         )
 
 
@@ -61,10 +65,11 @@ def unwrap(body: bytes) -> Envelope:
         raise EnvelopeError(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or "webhook" not in data:
         raise EnvelopeError("not an smsbridge webhook envelope")
-    media = data.get("media")
+    media, fetched = data.get("media"), data.get("fetched")
     return Envelope(
         received_at=str(data.get("received_at") or now_rfc3339()),
         prefix=str(data.get("prefix") or ""),
         webhook=data["webhook"],
         media=media if isinstance(media, list) else None,
+        fetched=fetched if isinstance(fetched, list) else None,
     )

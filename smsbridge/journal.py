@@ -29,9 +29,10 @@ from smsbridge.logs import get_logger
 
 log = get_logger(__name__)
 
-# Start reading this long before the attempt: stream timestamps are per chunk and clocks of
-# cluster nodes differ a little.
-MARGIN = timedelta(seconds=10)
+# Start reading this long before the attempt: stream timestamps are per chunk, taken by the
+# broker node's clock, while the attempt's time comes from ours or PostgreSQL's (`smsbridge
+# doctor` warns when a clock is 5 s off).
+MARGIN = timedelta(seconds=30)
 SCAN_TIMEOUT = 120.0
 MARKER_PREFIX = "smsbridge-journal-marker-"
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from smsbridge.recent import RecentIds
+from smsbridge.waiting import MustWait
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,46 @@ class Claim:
     done: bool = False
     in_doubt_since: datetime | None = None
     token: str = ""
+    # When the claim's lease runs out unless renewed (time.monotonic(); None: never), and how
+    # long each renewal extends it.
+    expires: float | None = None
+    lease: float | None = None
+
+
+class Lease:
+    """Our hold on a claim while its handler works: valid until its lease runs out (less a
+    margin for the step about to start) or a renewal finds it taken over. After that, the step
+    must not start: another handler may have taken the id over and done it."""
+
+    MARGIN = 5.0  # seconds (at most a third of the lease): the step must finish within it
+
+    def __init__(self, claim: Claim) -> None:
+        self._expires = claim.expires
+        self._lease = claim.lease
+        self.lost = False
+
+    def renewed(self, at: float) -> None:
+        """A renewal that was sent at `at` (time.monotonic()) succeeded."""
+        if self._lease is not None:
+            self._expires = at + self._lease
+
+    @property
+    def renew_every(self) -> float:
+        """How often to renew: three chances before it runs out."""
+        return 10.0 if self._lease is None else self._lease / 3
+
+    @property
+    def valid(self) -> bool:
+        if self.lost:
+            return False
+        if self._expires is None or self._lease is None:
+            return True
+        return time.monotonic() < self._expires - min(self.MARGIN, self._lease / 3)
+
+
+class ClaimExpired(MustWait):
+    """Our claim ran out (or was taken over) before the step began: the step is not done, and
+    the handler runs again (it claims the id anew, or finds it done by another)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +90,24 @@ class Claims(Protocol):
         """Take `key` for this handler. Waits while another handler holds it."""
         ...
 
-    async def succeeded(self, claim: Claim, status: str = ..., **detail: Any) -> None:
+    async def succeeded(self, claim: Claim, status: str = ..., **detail: Any) -> bool:
         """The step is done and confirmed: twins are duplicates from now on. `status` and
-        `detail` go into the message's history."""
+        `detail` go into the message's history. False: the claim was no longer ours."""
+        ...
+
+    def unrecorded(self, claim: Claim) -> None:
+        """The step was done but cannot be recorded (the ledger stayed away): twins in this
+        process are duplicates; elsewhere, the claim's lease runs out and whoever takes it
+        over settles the doubt."""
         ...
 
     async def released(self, claim: Claim, in_doubt_since: datetime | None) -> None:
         """The step did not complete; `in_doubt_since` when it may have (a lost confirm)."""
         ...
 
-    async def renew(self, claim: Claim) -> None:
-        """Still working on it (a publish waits for its confirm): keep the claim."""
+    async def renew(self, claim: Claim) -> bool:
+        """Still working on it (a publish waits for its confirm): keep the claim. False: it
+        is no longer ours (it ran out and another handler took it over)."""
         ...
 
 
@@ -85,8 +133,12 @@ class MemoryClaims:
 
     async def succeeded(
         self, claim: Claim, status: str = "delivered_to_pbx", **detail: Any
-    ) -> None:
+    ) -> bool:
         self._in_doubt.pop(claim.key, None)
+        self.recent.finish(claim.key, True)
+        return True
+
+    def unrecorded(self, claim: Claim) -> None:
         self.recent.finish(claim.key, True)
 
     async def released(self, claim: Claim, in_doubt_since: datetime | None) -> None:
@@ -94,8 +146,8 @@ class MemoryClaims:
             self._in_doubt.setdefault(claim.key, in_doubt_since)
         self.recent.finish(claim.key, False)
 
-    async def renew(self, claim: Claim) -> None:
-        return None  # nobody else can take it
+    async def renew(self, claim: Claim) -> bool:
+        return True  # nobody else can take it
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,12 @@ class Running:
 
 
 def _broker(config: Config, name: str) -> Broker:
-    return Broker(config.broker.addresses(), name, publish_timeout=config.broker.publish_timeout)
+    return Broker(
+        config.broker.addresses(),
+        name,
+        publish_timeout=config.broker.publish_timeout,
+        hold_limit=config.broker.hold_limit_seconds,
+    )
 
 
 async def _ledger(config: Config, name: str, running: Running) -> Ledger | None:

@@ -15,6 +15,7 @@ internal.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,7 @@ async def declare(channel: AbstractChannel) -> Topology:
     await (await queue(INBOUND_QUEUE, work_queue_arguments("inbound"))).bind(internal, INBOUND_KEY)
     await (await queue(MEDIA_QUEUE, work_queue_arguments("media"))).bind(internal, MEDIA_KEY)
     await (await queue(OUTBOUND_QUEUE, work_queue_arguments("outbound"))).bind(outbound, SEND_KEY)
+    topo.queues.update((await declare_delays(channel, WAIT_TIERS)).queues)
     return topo
 
 
@@ -196,14 +198,16 @@ def json_message(
 
 
 def copy_message(
-    message: AbstractIncomingMessage, headers: dict[str, Any] | None = None
+    message: AbstractIncomingMessage,
+    headers: dict[str, Any] | None = None,
+    body: bytes | None = None,
 ) -> aio_pika.Message:
-    """A fresh, persistent copy of a delivered message: same body, id, type and headers
-    (without the broker's delivery bookkeeping), `headers` added."""
+    """A fresh, persistent copy of a delivered message: same body (or `body`), id, type and
+    headers (without the broker's delivery bookkeeping), `headers` added."""
     kept = {k: v for k, v in (message.headers or {}).items() if k not in BROKER_HEADERS}
     kept.update(headers or {})
     return aio_pika.Message(
-        message.body,
+        message.body if body is None else body,
         content_type=message.content_type or "application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message.message_id,
@@ -244,6 +248,8 @@ H_RETRIES = "x-smsbridge-retries"  # broker retry rounds so far
 H_RETRYING_SINCE = "x-smsbridge-retrying-since"  # epoch ms of the first failure (max age)
 # Not "x-" prefixed: a headers exchange ignores x- headers when matching with x-match=all.
 H_RETRY_TIER = "smsbridge-retry-tier"
+# Delay tiers every component declares (seconds); components add their configured ones.
+WAIT_TIERS = (1.0, 5.0, 30.0, 300.0, 3600.0)
 
 
 def account_queue(account: str) -> str:
@@ -262,24 +268,32 @@ async def declare_outbound(
     channel: AbstractChannel, accounts: list[str], retry_delays: list[float]
 ) -> Topology:
     """Per-account queues with a single active consumer: one replica sends for an account at a
-    time (so its rate limit holds exactly), another takes over at once if it goes away.
-    Retry queues hold a request for their TTL, then dead-letter it back to its account."""
+    time (so its rate limit holds exactly), another takes over at once if it goes away; and
+    the delay queues of `outbound.retry_delays`."""
     topo = Topology()
     internal = await channel.get_exchange(INTERNAL, ensure=False)
-    retry = await channel.get_exchange(RETRY, ensure=False)
     for account in accounts:
         name = account_queue(account)
         args = work_queue_arguments("outbound", **{"x-single-active-consumer": True})
         queue = await channel.declare_queue(name, durable=True, arguments=args)
         await queue.bind(internal, account_key(account))
         topo.queues[name] = queue
-    for delay in sorted(set(retry_delays)):
+    topo.queues.update((await declare_delays(channel, retry_delays)).queues)
+    return topo
+
+
+async def declare_delays(channel: AbstractChannel, delays: Iterable[float]) -> Topology:
+    """Delay queues (smsbridge/delays.py): each holds a message for its TTL, then
+    dead-letters it to `smsbridge.internal` with its routing key, back where it came from."""
+    topo = Topology()
+    retry = await channel.get_exchange(RETRY, ensure=False)
+    for delay in sorted(set(delays)):
         tier = retry_tier(delay)
-        name = f"smsbridge.outbound.retry.{tier}"
-        args = {
+        name = f"smsbridge.delay.{tier}"
+        args: dict[str, Any] = {
             "x-queue-type": "quorum",
             "x-message-ttl": round(delay * 1000),
-            "x-dead-letter-exchange": INTERNAL,  # keeps the routing key: back to its account
+            "x-dead-letter-exchange": INTERNAL,  # keeps the routing key
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }

@@ -9,6 +9,7 @@ the delivery and runs the handler again after a growing pause (`Backoff`).
 from __future__ import annotations
 
 import random
+import time
 
 
 class MustWait(Exception):
@@ -23,11 +24,20 @@ class Backoff:
         self.first = first
         self.cap = cap
         self.attempts = 0
+        self.started: float | None = None  # time.monotonic() of the first pause
 
     def next(self) -> float:
+        if self.started is None:
+            self.started = time.monotonic()
         delay = min(self.cap, self.first * 2**self.attempts)
         self.attempts += 1
         return float(delay * random.uniform(0.8, 1.0))
 
+    @property
+    def waited(self) -> float:
+        """Seconds since the first pause (0 before it)."""
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
     def reset(self) -> None:
         self.attempts = 0
+        self.started = None

@@ -224,6 +224,8 @@ class Consumer:
         if not channel_open(message):
             log.info("delivery's channel closed while it waited; the broker redelivers it")
             return False
+        if backoff.waited > self.broker.hold_limit and await self._requeue_fresh(message):
+            return False
         delay = backoff.next()
         if backoff.attempts == 1:
             log.warning("must wait; holding the delivery", reason=str(exc), retry_in=delay)
@@ -242,6 +244,23 @@ class Consumer:
             for waker in wakers:
                 waker.cancel()
             self._held.dec()
+        return True
+
+    async def _requeue_fresh(self, message: AbstractIncomingMessage) -> bool:
+        """A delivery held for `hold_limit` goes back to the end of its queue as a fresh copy
+        (its returns so far carried on, none added: waiting is not failing), before RabbitMQ's
+        consumer timeout closes the channel, returns every delivery on it and counts that.
+        False when the copy cannot be stored yet: keep holding it."""
+        returns = int_header(message, topology.H_RETURNS) + delivery_count(message)
+        copy = topology.copy_message(message, {topology.H_RETURNS: returns})
+        try:
+            await self.broker.publish("", self.queue_name, copy)
+        except PublishFailed as exc:
+            log.info("could not put a long-held delivery back yet", error=str(exc))
+            return False
+        log.info("held for long; it waits at the end of its queue", held_for=self.broker.hold_limit)
+        MESSAGES_HANDLED.labels(self.worker, "requeued_fresh").inc()
+        await self._ack(message)
         return True
 
     async def _refresh(self, message: AbstractIncomingMessage) -> bool:

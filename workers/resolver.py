@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -31,15 +32,13 @@ from smsbridge.journal import Journal
 from smsbridge.ledger.connection import Ledger
 from smsbridge.logs import get_logger
 from smsbridge.metrics import PUBLISH_CONFIRM_SECONDS
-from smsbridge.once import Claim, Claims, InboundHistory, MemoryClaims
+from smsbridge.once import Claim, ClaimExpired, Claims, InboundHistory, Lease, MemoryClaims
 from smsbridge.policies import match_keyword
 from smsbridge.waiting import Backoff, MustWait
 from workers.consumer import Consumer, Park
 from workers.keywords import KeywordActions
 
 log = get_logger(__name__)
-
-RENEW_EVERY = 10.0  # seconds between renewals of a claim's 30-second lease
 
 
 class Resolver:
@@ -89,7 +88,7 @@ class Resolver:
             return "duplicate"
         destination = event["destination"]
         outcome = "delivered_to_pbx" if destination else "unrouted"
-        async with self._holding(claim):
+        async with self._holding(claim) as lease:
             in_doubt = claim.in_doubt_since
             try:
                 if in_doubt is not None:
@@ -105,6 +104,8 @@ class Resolver:
                     at = min(sms.sent_at, received) if sms.sent_at else received
                     await self.keywords.act(sms, number, policy, keyword, at)
                 body = orjson.dumps(event, option=orjson.OPT_UTC_Z)
+                if not lease.valid:  # another resolver may have taken the id over meanwhile
+                    raise ClaimExpired("the claim ran out before the publish; trying again")
                 in_doubt = datetime.now(UTC)  # from now on it may be stored, whatever happens
                 try:
                     await self._publish(topology.inbound_key(destination), sms.id, body)
@@ -119,22 +120,29 @@ class Resolver:
         return "published"
 
     @contextlib.asynccontextmanager
-    async def _holding(self, claim: Claim) -> AsyncIterator[None]:
+    async def _holding(self, claim: Claim) -> AsyncIterator[Lease]:
         """Keep the claim while the handler works on it (a journal scan, a keyword's actions,
         a publish the broker makes wait): another resolver must not take it over and publish
-        the message a second time."""
+        the message a second time. The lease tells whether it is still ours: a publish must
+        not begin once it may have run out (the ledger was away too long to renew it)."""
+        lease = Lease(claim)
 
         async def renew() -> None:
             while True:
-                await asyncio.sleep(RENEW_EVERY)
+                await asyncio.sleep(lease.renew_every)
+                asked = time.monotonic()
                 try:
-                    await self.claims.renew(claim)
+                    if not await self.claims.renew(claim):
+                        lease.lost = True
+                        log.warning("claim taken over by another resolver")
+                        return
+                    lease.renewed(asked)
                 except Exception as exc:  # the next round tries again; the lease is 3 rounds
                     log.warning("claim not renewed", error=str(exc))
 
         task = asyncio.create_task(renew(), name="claim-renewal")
         try:
-            yield
+            yield lease
         finally:
             task.cancel()
 
@@ -145,22 +153,27 @@ class Resolver:
     async def _record(
         self, claim: Claim, outcome: str, destination: str | None, keyword: str | None
     ) -> None:
-        """Record the publish, however long the ledger takes: it happened. If it cannot be
-        recorded at all, the claim's lease runs out and whoever meets the id again settles it
-        against the journal."""
+        """Record the publish: it happened. If the ledger cannot record it within
+        `hold_limit` (or refuses it), the claim's lease runs out and whoever meets the id
+        again settles it against the journal; the delivery is acked: its result is stored."""
         backoff = Backoff()
-        while True:
+        while backoff.waited < self.broker.hold_limit:
             try:
-                await self.claims.succeeded(
+                ours = await self.claims.succeeded(
                     claim, outcome, destination=destination, keyword=keyword
                 )
+                if not ours:  # its publish began in time, but ended after another took over
+                    log.warning("published after the claim was taken over by another resolver")
                 return
             except MustWait as exc:
                 log.warning("could not record a publish yet; retrying", error=str(exc))
                 await asyncio.sleep(backoff.next())
             except Exception:
                 log.exception("published, but the ledger refused the record")
+                self.claims.unrecorded(claim)
                 return
+        log.warning("published, but the ledger could not record it; its claim runs out")
+        self.claims.unrecorded(claim)
 
     def inbound_message(self, sms: InboundSms, env: envelope.Envelope) -> dict[str, Any]:
         number = self.config.number(sms.to)

@@ -51,9 +51,16 @@ def decode_json(raw: bytes) -> Any:
         raise NotJson(f"body is not JSON: {exc}") from None
 
 
+# Flowroute's bodies nest a few levels; a body nested deeper than this is not one of theirs
+# (and past 254 levels it could be read but not written again, failing later workers).
+MAX_DEPTH = 32
+
+
 def parse_inbound(obj: Any, region: str = "US") -> InboundSms:
     if not isinstance(obj, dict):
         raise WebhookError("body is not a JSON object")
+    if _depth(obj) > MAX_DEPTH:
+        raise WebhookError(f"body nested more than {MAX_DEPTH} levels deep")
     try:
         if "data" in obj:
             return _from_jsonapi(obj, region)
@@ -62,6 +69,25 @@ def parse_inbound(obj: Any, region: str = "US") -> InboundSms:
         raise WebhookError(_first_error(exc)) from None
     except NumberError as exc:
         raise WebhookError(str(exc)) from None
+
+
+def _depth(obj: Any) -> int:
+    """How deeply `obj` nests lists and objects (iterative: any depth is safe to measure)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_timestamp(value: object) -> datetime | None:

@@ -13,6 +13,7 @@ than that process's lease.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -160,9 +161,17 @@ class LedgerClaims:
         wait = 0.1
         while True:
             token = uuid.uuid4()
+            asked = time.monotonic()  # the lease runs from the statement, a little later
             row = await self._claim.submit((key, token, history))
             if row.claimed:
-                return Claim(key, in_doubt_since=row.in_doubt_since, token=str(token))
+                lease = self.lease.total_seconds()
+                return Claim(
+                    key,
+                    in_doubt_since=row.in_doubt_since,
+                    token=str(token),
+                    expires=asked + lease,
+                    lease=lease,
+                )
             if row.state == "published":
                 return Claim(key, done=True)
             # Another resolver is publishing it right now (or its claim has yet to run out):
@@ -172,19 +181,26 @@ class LedgerClaims:
 
     async def succeeded(
         self, claim: Claim, status: str = "delivered_to_pbx", **detail: Any
-    ) -> None:
+    ) -> bool:
+        ours = True
         try:
             if not claim.done:
                 now = datetime.now(UTC)
                 events = [
                     {"status": status, "at": now.isoformat(), "reason": None, "detail": detail}
                 ]
-                await self._succeeded.submit((claim.key, uuid.UUID(claim.token), status, events))
+                ours = await self._succeeded.submit(
+                    (claim.key, uuid.UUID(claim.token), status, events)
+                )
         except MustWait:
             raise  # recorded on the next try
         except BaseException:
             self.recent.finish(claim.key, True)  # published: twins here are duplicates
             raise
+        self.recent.finish(claim.key, True)
+        return ours
+
+    def unrecorded(self, claim: Claim) -> None:
         self.recent.finish(claim.key, True)
 
     async def released(self, claim: Claim, in_doubt_since: datetime | None) -> None:
@@ -196,9 +212,10 @@ class LedgerClaims:
         finally:
             self.recent.finish(claim.key, False)
 
-    async def renew(self, claim: Claim) -> None:
-        if claim.token:
-            await self._renewed.submit((claim.key, uuid.UUID(claim.token)))
+    async def renew(self, claim: Claim) -> bool:
+        if not claim.token:
+            return True
+        return bool(await self._renewed.submit((claim.key, uuid.UUID(claim.token))))
 
     # -- batched statements --------------------------------------------------------------
     async def _claim_batch(

@@ -5,8 +5,8 @@ Two stages, each its own consumer:
    resolve the request, queue a send job on its provider account's queue;
 2. account senders (`sender.py`, queue `smsbridge.outbound.account.<name>`, a single active
    consumer across replicas): pace, send, record, publish the status.
-`account.py` holds an account's client, pace and hold state; `delays.py` the delay queues
-through which requests wait; `ratelimit.py` the sliding window.
+`account.py` holds an account's client, pace and hold state; smsbridge/delays.py the delay
+queues through which requests wait; `ratelimit.py` the sliding window.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from smsbridge import topology
 from smsbridge.broker import Broker
 from smsbridge.config import Config
+from smsbridge.delays import Delays, all_tiers
 from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.ledger import accounts, optouts
 from smsbridge.ledger.connection import Ledger
@@ -34,7 +35,6 @@ from smsbridge.once import MemorySendClaims, SendClaims
 from smsbridge.waiting import Backoff
 from workers.consumer import Consumer
 from workers.outbound.account import Account
-from workers.outbound.delays import Delays, all_tiers
 from workers.outbound.intake import Intake, tell_failed
 from workers.outbound.ratelimit import SlidingWindowLimiter
 from workers.outbound.sender import Sender

@@ -14,7 +14,7 @@ For each job, read top to bottom:
 5. publish the status event (with the message's `segments`); the consumer acks.
 
 401/403 hold the account (see account.py). Nothing here holds a delivery for long: every wait
-goes to a delay queue (delays.py).
+goes to a delay queue (smsbridge/delays.py).
 
 From the moment a POST starts until its outcome is recorded, or known to be a refusal, the
 send is "in doubt": whatever stops us there (a crash, a lost connection, a timeout) leaves it
@@ -38,6 +38,7 @@ from tenacity.wait import wait_exponential_jitter
 from smsbridge import clock, receipt_token, topology
 from smsbridge.broker import Broker
 from smsbridge.config import Config
+from smsbridge.delays import Delays
 from smsbridge.flowroute.client import (
     AuthFailure,
     Permanent,
@@ -54,7 +55,6 @@ from smsbridge.waiting import Backoff, MustWait
 from workers.consumer import DeliveryLost, Park, int_header
 from workers.outbound import rules
 from workers.outbound.account import Account, AccountHeld
-from workers.outbound.delays import Delays
 from workers.outbound.intake import fail, now_ms, tell_failed
 from workers.outbound.job import BadJob, SendJob
 
@@ -435,7 +435,11 @@ class Sender:
         if attempts is not None:
             headers[topology.H_ATTEMPTS] = attempts
         await self.delays.later(
-            message, account.name, seconds, headers, exact_tier=seconds if exact else None
+            message,
+            topology.account_key(account.name),
+            seconds,
+            headers,
+            exact_tier=seconds if exact else None,
         )
 
     async def _record_sent(self, work: _Open, provider_id: str, attempts: int) -> None:
