@@ -39,6 +39,7 @@ def _config(args: argparse.Namespace, *, tool: bool = False) -> Config:
     """Load the configuration; command-line tools log warnings only, keeping stdout for data."""
     config = load_config(args.config)
     logs.configure("warning" if tool else config.logging.level, config.logging.format)
+    logs.mask_configured(config)  # whatever characters the secrets hold
     return config
 
 
@@ -179,17 +180,28 @@ def cmd_parked(args: argparse.Namespace) -> int:
     if requeue and args.all and args.id:
         raise UsageError("give --id or --all, not both")
     ids = set(args.id) if args.id else None
-    shown = asyncio.run(_parked(config, args.stage, requeue=requeue, ids=ids))
+    from smsbridge.parking import RequeueStopped
+
+    try:
+        shown, left = asyncio.run(_parked(config, args.stage, requeue=requeue, ids=ids))
+    except RequeueStopped as exc:
+        for done in exc.done:
+            sys.stdout.buffer.write(orjson.dumps(done.view()) + b"\n")
+        print(f"requeue stopped: {exc}", file=sys.stderr)
+        return 1
     for item in shown:
         sys.stdout.buffer.write(orjson.dumps(item) + b"\n")
     verb = "re-queued" if requeue else "parked"
     print(f"{len(shown)} {verb} in smsbridge.parked.{args.stage}", file=sys.stderr)
-    return 0
+    for message_id, reason in left:
+        print(f"not re-queued, still parked: {message_id}: {reason}", file=sys.stderr)
+    return 1 if left else 0
 
 
 async def _parked(
     config: Config, stage: str, *, requeue: bool, ids: set[str] | None
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """(the messages listed or re-queued, (id, reason) of those a requeue left parked)."""
     from smsbridge.ops import parked
     from smsbridge.progress import progress
 

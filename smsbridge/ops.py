@@ -116,22 +116,26 @@ async def parked(
     ids: set[str] | None = None,
     before_requeue: Callable[[str], Awaitable[None]] | None = None,
     progress: Callable[[int], object] | None = None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """`smsbridge parked list|requeue`: the parking queue's messages (all, or those in `ids`),
-    after re-queuing them when `requeue` (see smsbridge/parking.py)."""
+    after re-queuing them when `requeue` (see smsbridge/parking.py); and (id, reason) of
+    each a requeue left parked. Raises parking.RequeueStopped when a requeue stops part way."""
     from smsbridge import parking
     from smsbridge.broker import Broker
 
     broker = Broker(urls, "parked")
     await broker.start()
+    left: list[tuple[str, str]] = []
     try:
         await broker.wait_connected(10)
         if requeue:
-            done = await parking.requeue(
+            report = await parking.requeue_report(
                 broker, stage, ids, before_requeue=before_requeue, progress=progress
             )
+            done = report.done
+            left = [(item.message_id, item.reason) for item in report.not_requeued]
         else:
             done = await parking.peek(broker, stage, ids=ids)
     finally:
         await broker.close()
-    return [item.view() for item in done]
+    return [item.view() for item in done], left

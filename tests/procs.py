@@ -613,6 +613,7 @@ async def parked_reasons(amqp_url: str) -> list[tuple[str, str, str]]:
 
     out = []
     for stage in topology.STAGES:
-        for item in await parked(amqp_url, stage, requeue=False):
+        listed, _ = await parked(amqp_url, stage, requeue=False)
+        for item in listed:
             out.append((stage, str(item["message_id"]), str(item["reason"])))
     return out

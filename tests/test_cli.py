@@ -365,3 +365,25 @@ async def test_parked_requeue_all_is_quiet_off_a_terminal(
     )
     assert requeued.returncode == 0
     assert requeued.stderr.strip() == f"0 re-queued in smsbridge.parked.{stage}", "no bar"
+
+
+async def test_parked_requeue_says_what_it_left_parked_and_exits_1(
+    amqp_url: str, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A message whose way back no longer leads anywhere stays parked; the command names it
+    and its reason, requeues the others, and exits 1 so a script notices."""
+    from smsbridge import topology
+    from tests.console_harness import park
+
+    path = write(tmp_path, config_text(amqp_url, sandbox.api_url, tmp_path / "media"))
+    await park(amqp_url, "inbound", {"id": "ok"}, "ok", "invalid")
+    await park(
+        amqp_url, "inbound", {"id": "lost"}, "lost", "x", original=(topology.INTERNAL, "gone")
+    )
+    requeued = await asyncio.to_thread(
+        cli, "parked", "requeue", "inbound", "--all", "--config", str(path)
+    )
+    assert requeued.returncode == 1, requeued.stderr
+    assert [orjson.loads(line)["message_id"] for line in requeued.stdout.splitlines()] == ["ok"]
+    assert "not re-queued, still parked: lost:" in requeued.stderr
+    assert "unroutable" in requeued.stderr

@@ -293,14 +293,14 @@ async def test_parked_requests_can_be_requeued(config: Config, sandbox: Sandbox)
         await publish(amqp, {"id": "fixme", "to": "12065550142", "extension": "100", "body": "x"})
         seen = await statuses_for(events, "fixme", "failed")
         assert "10DLC" in seen[-1]["reason"]
-        listed = await parked(amqp, "outbound", requeue=False)
+        listed, _ = await parked(amqp, "outbound", requeue=False)
         assert [p["message_id"] for p in listed] == ["fixme"]
         assert "10DLC" in listed[0]["reason"]
-        requeued = await parked(amqp, "outbound", requeue=True, ids={"fixme"})
+        requeued, _ = await parked(amqp, "outbound", requeue=True, ids={"fixme"})
         assert len(requeued) == 1
         seen = await statuses_for(events, "fixme", "sent")
     assert seen[-1]["attempts"] == 1
-    assert await parked(amqp, "outbound", requeue=False) == []
+    assert (await parked(amqp, "outbound", requeue=False))[0] == []
 
 
 def _write_config(config: Config, path: Path, sandbox: Sandbox) -> None:

@@ -149,7 +149,7 @@ async def test_the_cli_requeue_ends_while_a_worker_parks_them_again(amqp_url: st
     """`smsbridge parked requeue inbound --all` runs the same walk (smsbridge/ops.py)."""
     ids = await park_inbound(amqp_url, 5)
     async with reparker(amqp_url) as found:
-        shown = await asyncio.wait_for(ops.parked(amqp_url, "inbound", requeue=True), 45)
+        shown, _ = await asyncio.wait_for(ops.parked(amqp_url, "inbound", requeue=True), 45)
         assert sorted(item["message_id"] for item in shown) == ids
         await settled(amqp_url, found, 5)
     assert sorted(found.seen) == ids

@@ -451,14 +451,19 @@ async def test_a_redelivered_keyword_publishes_the_same_event(
     }
 
 
-async def test_a_short_code_gets_no_reply(config: Config, sandbox: Sandbox) -> None:
-    """A short code (12345) has no E.164 form: a reply could only fail and be parked."""
+async def test_a_short_code_gets_no_reply_and_no_opt_out(config: Config, sandbox: Sandbox) -> None:
+    """A short code (12345) has no E.164 form: nothing is ever sent to it, so a reply could
+    only fail and be parked, and an opt-out (or its event, whose numbers are E.164) would be
+    meaningless. The PBX still gets the message, keyword and all."""
     async with resolving(config) as events:
         for body in ("HELP", "STOP"):
             mid = await text_us_at(sandbox, config, body, datetime.now(UTC), from_="12345")
             seen = await until(events, lambda k, e, mid=mid: e.get("id") == mid)
             assert seen[-1][0] == "inbound.100" and seen[-1][1]["from"] == "12345"
+            assert seen[-1][1]["keyword"] == body.lower()
+            assert not [k for k, _ in seen if k.startswith("policy.")]
     assert await queued_replies(config) == []
+    assert await opted_out_rows(config) == []
 
 
 async def test_the_opt_out_list_keeps_the_word_texted(config: Config, sandbox: Sandbox) -> None:

@@ -56,6 +56,16 @@ class KeywordActions:
         at: datetime,
     ) -> None:
         """`at`: when the person texted it (Flowroute's timestamp), which orders the changes."""
+        if not sms.from_.startswith("+"):
+            # A short code or an alphanumeric sender: nothing is ever sent to it (the outbound
+            # path takes phone numbers only), so there is nothing to opt out of or reply to.
+            log.info(
+                "keyword from a sender without a phone number: nothing to do",
+                number=number.number,
+                sender=sms.from_,
+                keyword=keyword,
+            )
+            return
         if keyword == "stop":
             if not await self._change(sms, number, "opted_out", keyword, at):
                 return
@@ -114,14 +124,6 @@ class KeywordActions:
     async def _reply(
         self, sms: InboundSms, number: NumberConfig, keyword: Keyword, body: str
     ) -> None:
-        if not sms.from_.startswith("+"):  # a short code: the outbound path would refuse it
-            log.info(
-                "no keyword reply to a sender without a phone number",
-                number=number.number,
-                sender=sms.from_,
-                keyword=keyword,
-            )
-            return
         request_id = f"{topology.AUTO_REPLY_PREFIX}{sms.id}"
         request = {"id": request_id, "from": number.number, "to": sms.from_, "body": body}
         message = topology.json_message(
