@@ -193,7 +193,11 @@ class OptOut(_Model):
 
     number: str = Field(description="Ours, E.164 with +")
     recipient: str = Field(description="Theirs, E.164 with +")
-    keyword: str | None = Field(description="What they texted (stop, ...); null when added by hand")
+    keyword: str | None = Field(
+        description=(
+            "The word they texted, in capitals (STOP, UNSUBSCRIBE, ...); null when added by hand"
+        )
+    )
     at: datetime
     by: OptOutBy
 
