@@ -23,6 +23,7 @@ import pytest
 
 from smsbridge import clock, topology
 from smsbridge.broker import Broker
+from smsbridge.once import MemorySendClaims, SendClaim
 from smsbridge.sandbox import AccountSpec, Sandbox
 from tests.harness import bridge, drain, listen, make_config, queue_depth
 from tests.procs import (
@@ -33,6 +34,7 @@ from tests.procs import (
     wait_until,
 )
 from workers.consumer import Consumer
+from workers.outbound import OutboundWorker
 from workers.outbound.intake import tell_failed
 
 ACCOUNT_QUEUE = topology.account_queue("flowroute")
@@ -319,3 +321,54 @@ async def test_resuming_a_paused_consumer_counts_as_reopening_it(amqp_url: str) 
     finally:
         await consumer.stop()
         await broker.close()
+
+
+class SlowFirstRecords(MemorySendClaims):
+    """Claims whose first five attempt records take 0.9 s (a ledger that stalls for a moment),
+    the rest none."""
+
+    def __init__(self) -> None:
+        super().__init__(ttl=600)
+        self.slow = 5
+
+    async def attempting(self, claim: SendClaim, attempt: int) -> None:
+        if self.slow > 0:
+            self.slow -= 1
+            await asyncio.sleep(0.9)
+
+
+async def test_a_slow_attempt_record_never_lets_a_burst_into_the_next_second(
+    amqp_url: str, tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """At 5 SMS/s, the first five attempts' records stall 0.9 s after their slots. Posted
+    regardless, they used to land within a few milliseconds of the next five (10 in a
+    second); now an attempt whose record took longer than the slot's margin takes another
+    slot first."""
+    config = make_config(amqp_url, tmp_path / "media", api_url=sandbox.api_url)
+    sandbox.set_account(AccountSpec("sandbox-access", "sandbox-secret", sms_per_second=100))
+    broker = Broker(config.broker.addresses(), "outbound")
+    worker = OutboundWorker(config, broker, SlowFirstRecords())
+    await worker.start()
+    consumers = worker.consumers()
+
+    async def consume() -> None:
+        for consumer in consumers:
+            await consumer.start()
+
+    broker.on_connect(consume)
+    await broker.start()
+    requests = [f"burst-{i}" for i in range(15)]
+    try:
+        await broker.wait_connected(15)
+        async with status_events(amqp_url) as (tally, _), publisher(amqp_url) as pub:
+            for request_id in requests:
+                await pub.request(outbound_request(request_id))
+            assert await wait_until(lambda: tally.ids("status.sent") == set(requests), 30)
+    finally:
+        await asyncio.gather(*(consumer.stop() for consumer in consumers))
+        await worker.close()
+        await broker.close()
+    times = sorted(m.received_at for m in sandbox.messages)
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    print(f"\nmost attempts in any one second: {busiest}")
+    assert busiest <= 5

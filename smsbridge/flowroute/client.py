@@ -16,7 +16,7 @@ import asyncio
 import base64
 import email.utils
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -179,24 +179,16 @@ class FlowrouteClient:
             raise AuthFailure(reason, status)
         raise Permanent(reason, status)
 
-    async def find_sent(
-        self,
-        attributes: dict[str, Any],
-        since: datetime,
-        until: datetime,
-        exclude: Collection[str] = (),
-    ) -> str | None:
-        """The id of an outbound message record in [since, until) with the same to, from and
-        body as `attributes` (what was POSTed), skipping ids in `exclude` (known to belong to
-        other requests); the earliest if several match. Raises Transient or AuthFailure when
-        the records cannot be read."""
+    async def records(self, since: datetime, until: datetime) -> list[Any]:
+        """The account's message records in [since, until), every page. Raises Transient or
+        AuthFailure when they cannot be read."""
         params: dict[str, str] | None = {
             "start_date": _rfc3339(since),
             "end_date": _rfc3339(until),
             "limit": "200",
         }
         url = self.url
-        found: list[tuple[str, str]] = []
+        found: list[Any] = []
         for _page in range(1000):  # bounded: a runaway `next` link must not loop forever
             try:
                 async with self.session.get(url, params=params, headers=self._headers) as resp:
@@ -214,14 +206,34 @@ class FlowrouteClient:
                 next_url = (page.get("links") or {}).get("next")
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise Transient("message records: unreadable answer") from None
-            for record in records if isinstance(records, list) else []:
-                match = _matching_record(record, attributes, exclude)
-                if match is not None:
-                    found.append(match)
+            if isinstance(records, list):
+                found.extend(records)
             if not next_url:
                 break
             url, params = str(next_url), None
-        return min(found)[1] if found else None
+        return found
+
+    async def find_sent(
+        self,
+        attributes: dict[str, Any],
+        since: datetime,
+        until: datetime,
+        exclude: Collection[str] = (),
+    ) -> str | None:
+        """The id of an outbound message record in [since, until) with the same to, from and
+        body as `attributes` (what was POSTed), skipping ids in `exclude` (known to belong to
+        other requests); the earliest if several match. Raises Transient or AuthFailure when
+        the records cannot be read."""
+        return find_sent(await self.records(since, until), attributes, exclude)
+
+
+def find_sent(
+    records: Iterable[Any], attributes: dict[str, Any], exclude: Collection[str] = ()
+) -> str | None:
+    """Among `records` (Flowroute's message records), the id of the earliest outbound one with
+    the same to, from and body as `attributes`, not in `exclude`."""
+    found = [m for m in (_matching_record(r, attributes, exclude) for r in records) if m]
+    return min(found)[1] if found else None
 
 
 def _rfc3339(when: datetime) -> str:

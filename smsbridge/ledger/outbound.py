@@ -79,7 +79,7 @@ inserted AS (
 taken AS (
     UPDATE messages AS m
     SET state = 'sending', claim_token = input.token, claim_until = now() + $9::interval,
-        updated_at = now()
+        posting = false, updated_at = now()
     FROM input
     WHERE m.direction = 'outbound' AND m.id = input.id
       AND (m.state = 'queued' OR (m.state = 'sending' AND m.claim_until < now()))
@@ -103,7 +103,7 @@ LEFT JOIN messages AS existing ON existing.direction = 'outbound' AND existing.i
 _ATTEMPTING = """
 UPDATE messages AS m
 SET attempts = input.attempt, doubt_since = now(), claim_until = now() + $4::interval,
-    updated_at = now()
+    posting = true, updated_at = now()
 FROM unnest($1::text[], $2::uuid[], $3::integer[]) AS input(id, token, attempt)
 WHERE m.direction = 'outbound' AND m.id = input.id AND m.claim_token = input.token
 RETURNING m.id
@@ -115,7 +115,8 @@ UPDATE messages AS m
 SET state = 'sent', provider_id = input.provider_id, attempts = input.attempts,
     status = CASE WHEN smsbridge_status_rank(m.status) < smsbridge_status_rank('sent')
                   THEN 'sent' ELSE m.status END,
-    claim_token = NULL, claim_until = NULL, doubt_since = NULL, updated_at = now()
+    claim_token = NULL, claim_until = NULL, doubt_since = NULL, posting = false,
+    updated_at = now()
 FROM unnest($1::text[], $2::text[], $3::integer[]) AS input(id, provider_id, attempts)
 WHERE m.direction = 'outbound' AND m.id = input.id
 RETURNING m.id
@@ -132,7 +133,8 @@ WITH input AS (
 done AS (
     UPDATE messages AS m
     SET state = 'settled', status = input.status, attempts = input.attempts,
-        claim_token = NULL, claim_until = NULL, doubt_since = NULL, updated_at = now()
+        claim_token = NULL, claim_until = NULL, doubt_since = NULL, posting = false,
+        updated_at = now()
     FROM input
     WHERE m.direction = 'outbound' AND m.id = input.id AND m.claim_token = input.token
     RETURNING m.id
@@ -149,6 +151,7 @@ SET state = CASE WHEN input.in_doubt THEN 'sending' ELSE 'queued' END,
     claim_token = NULL,
     claim_until = now(),
     doubt_since = CASE WHEN input.in_doubt THEN coalesce(m.doubt_since, input.since) END,
+    posting = false,
     updated_at = now()
 FROM unnest($1::text[], $2::uuid[], $3::boolean[], $4::timestamptz[])
     AS input(id, token, in_doubt, since)
@@ -163,8 +166,8 @@ SELECT
      WHERE direction = 'outbound' AND provider_id IS NOT NULL AND created_at >= $2
        AND id <> $1) AS exclude,
     EXISTS (SELECT 1 FROM messages
-            WHERE direction = 'outbound' AND id <> $1 AND state = 'sending'
-              AND claim_until > now() AND doubt_since IS NOT NULL
+            WHERE direction = 'outbound' AND id <> $1 AND state = 'sending' AND posting
+              AND claim_until > now()
               AND to_number = $3 AND from_number = $4 AND body IS NOT DISTINCT FROM $5)
         AS busy
 """

@@ -15,6 +15,8 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -32,6 +34,27 @@ HOLD_BACKOFF_MAX = 30.0  # seconds between key probes, at most
 
 class AccountHeld(Exception):
     """The account was held while this request waited for its turn: it was not sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The account's message records at Flowroute as listed at `listed_at`, sent in [since,
+    until): one listing settles every in-doubt send it covers (a replica that died mid-load
+    can leave hundreds)."""
+
+    since: datetime
+    until: datetime
+    listed_at: datetime
+    records: list[Any]
+
+    def cover(self, attempt: datetime, margin: timedelta, settle: float) -> bool:
+        """Whether they show an attempt made at `attempt`: a window `margin` either side of
+        it, listed at least `settle` seconds after it (Flowroute's records lag)."""
+        return (
+            self.since <= attempt - margin
+            and attempt + margin <= self.until
+            and self.listed_at >= attempt + timedelta(seconds=settle)
+        )
 
 
 class LastMinute:
@@ -65,8 +88,10 @@ class Account:
     fresh: bool = True  # no delivery yet since our consumer (re)opened
     # Set while waiters for a slot must stop waiting: draining, or held.
     interrupt: asyncio.Event = field(default_factory=asyncio.Event)
-    # Looking up sends whose outcome is unknown, one at a time (see sender.py).
+    # Looking up sends whose outcome is unknown, one at a time (see sender.py), and the
+    # account's message records as last listed for that.
     reconciling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    records: Records | None = None
     _prober: asyncio.Task[None] | None = None
 
     @property
@@ -101,6 +126,11 @@ class Account:
             raise DeliveryLost()
         if not got or self.held:
             raise AccountHeld()
+
+    def slot_margin(self, is_mms: bool) -> float:
+        """How long after `slot` returned an attempt may still start: the rate limit holds as
+        long as every attempt starts within this of its slot."""
+        return (self.mms if is_mms else self.sms).margin
 
     def hold(self, exc: AuthFailure) -> None:
         if self.held:

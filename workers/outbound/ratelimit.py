@@ -21,6 +21,8 @@ import time
 class SlidingWindowLimiter:
     def __init__(self, rate: float, margin: float = 0.05) -> None:
         self.count = max(1, math.floor(rate))
+        # How late after its slot an attempt may start and still keep to the limit.
+        self.margin = margin
         # At least a whole second: with a fractional rate over 1 (5.5/s) a shorter window
         # would let two windows' worth land in one of Flowroute's aligned seconds.
         self.window = max(1.0, self.count / rate) + margin

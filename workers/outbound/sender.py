@@ -45,6 +45,7 @@ from smsbridge.flowroute.client import (
     SendError,
     Sent,
     Transient,
+    find_sent,
     message_body,
 )
 from smsbridge.logs import get_logger
@@ -54,7 +55,7 @@ from smsbridge.status import publish_status
 from smsbridge.waiting import Backoff, MustWait
 from workers.consumer import DeliveryLost, Park, int_header
 from workers.outbound import rules
-from workers.outbound.account import Account, AccountHeld
+from workers.outbound.account import Account, AccountHeld, Records
 from workers.outbound.intake import fail, now_ms, tell_failed
 from workers.outbound.job import BadJob, SendJob
 
@@ -66,6 +67,7 @@ RECORDS_RETRY = 30.0  # seconds before looking up Flowroute's records again afte
 RECORDS_MARGIN = timedelta(minutes=5)
 # After a wait this long for a rate slot, the opt-out list is read again before the POST.
 OPT_OUT_RECHECK_AFTER = 2.0
+LOOK_UP_WAIT = 60.0  # seconds an in-doubt send waits for the account's look-up to be free
 
 
 class _LookUpLater(Exception):
@@ -229,18 +231,23 @@ class Sender:
         attempts = max(int_header(message, topology.H_ATTEMPTS), work.claim.attempts)
         if work.in_doubt_since is not None:
             # One look-up (and its record) at a time per account: two in-doubt requests with
-            # the same to, from and body must not both take the one record found. The others
-            # wait in a delay queue, not as unacked deliveries.
-            if account.reconciling.locked():
+            # the same to, from and body must not both take the one record found. Each is
+            # quick (one listing of the records serves them all); a wait that is not goes to
+            # a delay queue, not on as an unacked delivery.
+            if not await _acquire(account.reconciling, account.interrupt, LOOK_UP_WAIT):
+                if account.draining:
+                    raise DeliveryLost()
                 await self._later(message, account, HELD_WAIT, "another look-up is running")
                 return "in_doubt"
-            async with account.reconciling:
+            try:
                 try:
                     found = await self._look_up(account, message, job, work)
                 except _LookUpLater:
                     return "in_doubt"  # waits in a delay queue
                 if found is not None:
                     await self._record_sent(work, found, attempts)
+            finally:
+                account.reconciling.release()
             if found is not None:
                 await self._status_sent(job, found, attempts)
                 log.info("a send whose outcome was unknown had been accepted", provider_id=found)
@@ -320,10 +327,6 @@ class Sender:
         ):
             with attempt:
                 attempts += 1
-                try:
-                    await self.claims.attempting(work.claim, attempts)
-                except ClaimLost:
-                    raise DeliveryLost() from None
                 waited = time.monotonic()
                 await account.slot(job.is_mms, message)
                 # Quiet hours may have begun while it waited for the slot; after a long wait,
@@ -332,6 +335,7 @@ class Sender:
                 outcome = await self._policy(account, message, job, work, opt_out=long_wait)
                 if outcome is not None:
                     raise _PolicyApplies(outcome)
+                await self._attempting(account, message, job, work, attempts)
                 work.in_doubt_since = datetime.now(UTC)
                 started = time.perf_counter()
                 self._in_flight[content] += 1
@@ -356,6 +360,29 @@ class Sender:
                 account.last_minute.add("sent")
         return sent, attempts
 
+    async def _attempting(
+        self,
+        account: Account,
+        message: AbstractIncomingMessage,
+        job: SendJob,
+        work: _Open,
+        attempts: int,
+    ) -> None:
+        """Record the attempt (durably: if we die from here on, the send is in doubt), then
+        make sure the POST still starts within the rate slot's margin of its slot: a record
+        (or a check of the opt-out list) that took longer could let this attempt land in the
+        next second's allowance. Then it takes another slot, leaving that one unused."""
+        slot_at = time.monotonic()
+        while True:
+            try:
+                await self.claims.attempting(work.claim, attempts)
+            except ClaimLost:
+                raise DeliveryLost() from None
+            if time.monotonic() - slot_at <= account.slot_margin(job.is_mms):
+                return
+            await account.slot(job.is_mms, message)
+            slot_at = time.monotonic()
+
     async def _look_up(
         self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
     ) -> str | None:
@@ -375,13 +402,16 @@ class Sender:
             await self._later(message, account, HELD_WAIT, "the same text is being sent")
             raise _LookUpLater()
         attributes = message_body(job.to, job.from_, job.body, job.media_urls, None)
+        settle = self.settings.reconcile_after
         try:
-            found = await account.client.find_sent(
-                attributes["data"]["attributes"],
-                since - RECORDS_MARGIN,
-                datetime.now(UTC) + RECORDS_MARGIN,
-                exclude=context.exclude,
-            )
+            listed = account.records
+            if listed is None or not listed.cover(since, RECORDS_MARGIN, settle):
+                now = datetime.now(UTC)
+                # Wide enough to cover the other sends a crash left in doubt with this one.
+                start, end = since - 2 * RECORDS_MARGIN, now + RECORDS_MARGIN
+                listed = Records(start, end, now, await account.client.records(start, end))
+                account.records = listed
+            found = find_sent(listed.records, attributes["data"]["attributes"], context.exclude)
         except AuthFailure as exc:
             account.hold(exc)
             await self._later(message, account, HELD_WAIT, "account held")
@@ -481,6 +511,26 @@ class Sender:
             job.segments,
         )
         return self._dlr_base + receipt_token.sign(self._dlr_secret, ref)
+
+
+async def _acquire(lock: asyncio.Lock, unless: asyncio.Event, seconds: float) -> bool:
+    """Take `lock` within `seconds`; False (without it) on timeout or when `unless` is set."""
+    if unless.is_set():
+        return False
+    taking = asyncio.ensure_future(lock.acquire())
+    stopped = asyncio.ensure_future(unless.wait())
+    try:
+        await asyncio.wait({taking, stopped}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not taking.done():
+            taking.cancel()
+    if taking.done() and not taking.cancelled():
+        if unless.is_set():
+            lock.release()
+            return False
+        return True
+    return False
 
 
 async def _wait_unless(event: asyncio.Event, seconds: float) -> bool:
