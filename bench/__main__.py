@@ -24,6 +24,7 @@ from bench import pg
 from bench import procs as p
 from bench.scenarios import Context, e2e, history, ingest, outbound
 from bench.stats import Table
+from smsbridge import eventloop
 
 Scenario = Callable[[Context], Awaitable[None]]
 
@@ -183,7 +184,7 @@ def main() -> int:
         return await main_async(args)
 
     try:
-        return asyncio.run(runner())
+        return eventloop.run(runner())
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130

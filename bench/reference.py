@@ -19,6 +19,8 @@ import aio_pika
 from aiohttp import web
 from pamqp.commands import Basic
 
+from smsbridge import eventloop
+
 _OK = b'{"status":"accepted"}'
 
 
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--routing-key", default="inbound")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.listen, args.amqp, args.exchange, args.routing_key))
+        eventloop.run(serve(args.listen, args.amqp, args.exchange, args.routing_key))
 
 
 if __name__ == "__main__":

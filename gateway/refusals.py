@@ -49,6 +49,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 async def read_body(request: web.Request, timeout: float) -> bytes:
     """The whole body (decoded), read within `timeout` seconds of the handler starting."""
     try:
+        if request.content.is_eof():  # all here already (a small body): nothing to wait for
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:

@@ -24,7 +24,13 @@ from gateway.refusals import REFUSALS, BodyError, closing, read_body
 from gateway.state import BROKER, CONFIG, RECENT, SOURCES
 from smsbridge import envelope, topology
 from smsbridge.broker import PublishFailed
-from smsbridge.flowroute.webhook import NotJson, WebhookError, decode_json, parse_inbound
+from smsbridge.flowroute.webhook import (
+    NotJson,
+    WebhookError,
+    decode_json,
+    parse_inbound,
+    too_deep,
+)
 from smsbridge.logs import get_logger
 from smsbridge.metrics import PUBLISH_CONFIRM_SECONDS, WEBHOOK_REQUESTS
 
@@ -85,7 +91,9 @@ async def receive(request: web.Request, prefix: str) -> web.StreamResponse:
     except BodyError as exc:
         return closing(await refuse(request, exc.status, exc.outcome, exc.reason, b""))
     try:
-        sms = parse_inbound(decode_json(raw), app[CONFIG].inbound.default_region)
+        sms = parse_inbound(
+            decode_json(raw), app[CONFIG].inbound.default_region, shallow=not too_deep(raw)
+        )
     except NotJson as exc:
         return await refuse(request, 400, "bad_json", str(exc), raw)
     except WebhookError as exc:

@@ -12,7 +12,6 @@ opt-out not found, a service unreachable, keys refused); 2 bad usage or configur
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from smsbridge import logs, topology
+from smsbridge import eventloop, logs, topology
 from smsbridge.config import Config, ConfigError, PolicyConfig, load_config, masked
 from smsbridge.runner import WORKER_KINDS, run_until_signalled
 
@@ -54,24 +53,24 @@ def _needs(config: Config, *sections: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    asyncio.run(run_until_signalled(config, True, list(WORKER_KINDS), console=True))
+    eventloop.run(run_until_signalled(config, True, list(WORKER_KINDS), console=True))
     return 0
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    asyncio.run(run_until_signalled(_config(args), True, []))
+    eventloop.run(run_until_signalled(_config(args), True, []))
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    asyncio.run(run_until_signalled(_config(args), False, [args.kind]))
+    eventloop.run(run_until_signalled(_config(args), False, [args.kind]))
     return 0
 
 
 def cmd_console(args: argparse.Namespace) -> int:
     config = _config(args)
     _needs(config, "ledger", "console")
-    asyncio.run(run_until_signalled(config, False, [], console=True))
+    eventloop.run(run_until_signalled(config, False, [], console=True))
     return 0
 
 
@@ -88,7 +87,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             request[key] = value
     if args.media:
         request["media_urls"] = args.media
-    asyncio.run(send(config.broker.addresses(), request))
+    eventloop.run(send(config.broker.addresses(), request))
     print(request["id"])
     return 0
 
@@ -97,7 +96,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from smsbridge.ops import tail
 
     config = _config(args, tool=True)
-    return asyncio.run(
+    return eventloop.run(
         tail(config.broker.addresses(), args.pattern, count=args.count, timeout=args.timeout)
     )
 
@@ -142,7 +141,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from smsbridge import doctor
 
     config = _config(args, tool=True)
-    ok = asyncio.run(doctor.run(config, lambda check: print(check.line(), flush=True)))
+    ok = eventloop.run(doctor.run(config, lambda check: print(check.line(), flush=True)))
     return 0 if ok else 1
 
 
@@ -171,7 +170,7 @@ def cmd_flowroute_setup(args: argparse.Namespace) -> int:
                     failed += 1
         return 1 if failed else 0
 
-    return asyncio.run(all_of_them())
+    return eventloop.run(all_of_them())
 
 
 def cmd_parked(args: argparse.Namespace) -> int:
@@ -183,7 +182,7 @@ def cmd_parked(args: argparse.Namespace) -> int:
     from smsbridge.parking import RequeueStopped
 
     try:
-        shown, left = asyncio.run(_parked(config, args.stage, requeue=requeue, ids=ids))
+        shown, left = eventloop.run(_parked(config, args.stage, requeue=requeue, ids=ids))
     except RequeueStopped as exc:
         for done in exc.done:
             sys.stdout.buffer.write(orjson.dumps(done.view()) + b"\n")
@@ -238,7 +237,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     config = _config(args, tool=True)
     _needs(config, "ledger")
     assert config.ledger is not None
-    return asyncio.run(
+    return eventloop.run(
         tools.history(
             config.ledger,
             message_id=args.id,
@@ -255,7 +254,7 @@ def cmd_optout(args: argparse.Namespace) -> int:
     config = _config(args, tool=True)
     _needs(config, "ledger")
     assert config.ledger is not None
-    return asyncio.run(
+    return eventloop.run(
         tools.optout(config.ledger, args.action, args.number, getattr(args, "recipient", None))
     )
 
@@ -266,7 +265,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     config = _config(args, tool=True)
     _needs(config, "ledger")
     assert config.ledger is not None
-    return asyncio.run(tools.migrate(config.ledger))
+    return eventloop.run(tools.migrate(config.ledger))
 
 
 def cmd_db_sweep(args: argparse.Namespace) -> int:
@@ -275,7 +274,7 @@ def cmd_db_sweep(args: argparse.Namespace) -> int:
     config = _config(args, tool=True)
     _needs(config, "ledger")
     assert config.ledger is not None
-    return asyncio.run(tools.sweep(config.ledger))
+    return eventloop.run(tools.sweep(config.ledger))
 
 
 # -- the sandbox ------------------------------------------------------------------------------
@@ -295,14 +294,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         )
     }
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, int(port), accounts, resend_interval=args.resend_interval))
+        eventloop.run(serve(host, int(port), accounts, resend_interval=args.resend_interval))
     return 0
 
 
 def cmd_sandbox_post(args: argparse.Namespace) -> int:
     from smsbridge.ops import sandbox_post
 
-    return asyncio.run(
+    return eventloop.run(
         sandbox_post(
             args.sandbox,
             {

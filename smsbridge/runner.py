@@ -189,7 +189,13 @@ async def run_until_signalled(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     running = await start(config, gateway, workers, console)
-    log.info("smsbridge running", gateway=gateway, workers=workers, console=console)
+    log.info(
+        "smsbridge running",
+        gateway=gateway,
+        workers=workers,
+        console=console,
+        event_loop=type(loop).__module__.split(".")[0],
+    )
     await stop.wait()
     log.info("shutting down")
     await running.stop()

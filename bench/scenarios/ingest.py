@@ -8,7 +8,6 @@ Full runs alternate the order (reference, gateway, gateway, reference) against d
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import shutil
@@ -21,7 +20,7 @@ from bench import amqp
 from bench import procs as p
 from bench.scenarios import Context, nonce, retried, run_loadgen, start_gateway
 from bench.stats import Table
-from smsbridge import topology
+from smsbridge import eventloop, topology
 
 WRK_THREADS = 1
 WRK_CONNECTIONS = 64
@@ -157,9 +156,9 @@ async def run(ctx: Context) -> None:
     verdict = "met" if ratio >= 0.9 else "NOT met"
     table.notes.append(f"target >= 0.90x the reference's throughput: {verdict} ({ratio:.2f}x)")
     table.notes.append(
-        f"event loop: {type(asyncio.get_event_loop_policy()).__name__} (asyncio's default, no "
-        "uvloop) for both the gateway and the reference; the gateway does not use the ledger "
-        "(it only publishes), so ingest is the same with and without it"
+        f"event loop: {eventloop.name()} for both the gateway and the reference (smsbridge/"
+        "eventloop.py; SMSBRIDGE_EVENT_LOOP=asyncio for asyncio's own); the gateway does not "
+        "use the ledger (it only publishes), so ingest is the same with and without it"
     )
     table.notes.append(
         "server CPU ms/request = the receiver process's user+system CPU during the run / "
