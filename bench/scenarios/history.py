@@ -111,7 +111,7 @@ class Case:
     label: str
     queries: tuple[dict[str, str], ...]
     page: int = 1  # 2: the page after the first (the first page's `next_cursor`)
-    live: bool = False  # `after` = the first page's top row: what arrived since (nothing)
+    live: bool = False  # `live` = the first page's position: what was recorded since (nothing)
 
 
 @dataclass
@@ -584,7 +584,7 @@ async def _sample(conn: asyncpg.Connection, end: datetime) -> tuple[list[Case], 
         Case("page 2 (cursor): no filter", (q(),), page=2),
         Case("page 2 (cursor): extension", tuple(q(extension=e) for e in exts), page=2),
         Case(f"page 2 (cursor): text ({COMMON_WORD})", (q(q=COMMON_WORD),), page=2),
-        Case("live update: `after` the first page's top", (q(),), live=True),
+        Case("live update: `live` from the first page", (q(),), live=True),
     ]
     return cases, probes
 
@@ -596,11 +596,11 @@ async def _filters(ledger: Ledger, case: Case) -> list[history.Filters]:
     for query in case.queries:
         filters = from_query(query)
         if case.page == 2 or case.live:
-            first = await history.search(ledger, filters)
-            cursor = first.next_cursor if case.page == 2 else first.top_cursor
+            first = await history.search(ledger, filters, live=case.live)
+            cursor = first.next_cursor if case.page == 2 else first.live
             if cursor is None:
                 raise RuntimeError(f"{case.label}: {query} has no cursor to follow")
-            key = "cursor" if case.page == 2 else "after"
+            key = "cursor" if case.page == 2 else "live"
             filters = from_query({**query, key: cursor})
         out.append(filters)
     return out
@@ -612,7 +612,7 @@ def _label(case: Case) -> str:
     if case.page == 2:
         shown += "&cursor=…"
     if case.live:
-        shown += "&after=…"
+        shown += "&live=…"
     more = f" (+{len(case.queries) - 1} alike)" if len(case.queries) > 1 else ""
     return f"{case.label}: `{shown}`{more}"
 

@@ -237,7 +237,8 @@ class Sender:
             if not await _acquire(account.reconciling, account.interrupt, LOOK_UP_WAIT):
                 if account.draining:
                     raise DeliveryLost()
-                await self._later(message, account, HELD_WAIT, "another look-up is running")
+                reason = "account held" if account.held else "another look-up is running"
+                await self._later(message, account, HELD_WAIT, reason)
                 return "in_doubt"
             try:
                 try:
@@ -306,11 +307,9 @@ class Sender:
         job: SendJob,
         attempts: int,
     ) -> tuple[Sent, int]:
-        """POST, with quick retries of transient failures that surely were not accepted.
-
-        The attempt is recorded before the wait for a rate slot, so that nothing awaited
-        stands between the slot and the POST: a slow ledger write there would let a burst of
-        attempts land inside the next one's second."""
+        """POST, with quick retries of transient failures that surely were not accepted. Each
+        attempt waits for its rate slot, reads the policy again, records itself (`_attempting`)
+        and posts."""
 
         async def pause(seconds: float) -> None:  # a quick retry's wait ends when we stop
             if not await _wait_unless(account.interrupt, seconds):
@@ -404,7 +403,7 @@ class Sender:
         attributes = message_body(job.to, job.from_, job.body, job.media_urls, None)
         settle = self.settings.reconcile_after
         try:
-            listed = account.records
+            listed = account.records  # one listing for every in-doubt send it covers
             if listed is None or not listed.cover(since, RECORDS_MARGIN, settle):
                 now = datetime.now(UTC)
                 # Wide enough to cover the other sends a crash left in doubt with this one.
