@@ -23,9 +23,6 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from smsbridge import topology
 from smsbridge.broker import Broker, PublishFailed
-from smsbridge.logs import get_logger
-
-log = get_logger(__name__)
 
 PEEK_LIMIT = 500
 
@@ -240,25 +237,3 @@ async def _requeue_one(
             f"(it is requeued and still parked): {type(exc).__name__}: {exc}",
             [],
         ) from exc
-
-
-async def requeue(
-    broker: Broker,
-    stage: str,
-    ids: set[str] | None = None,
-    *,
-    before_requeue: Callable[[str], Awaitable[None]] | None = None,
-    progress: Callable[[int], object] | None = None,
-) -> list[Parked]:
-    """`requeue_report`'s requeued messages; each one left parked is logged with its reason."""
-    report = await requeue_report(
-        broker, stage, ids, before_requeue=before_requeue, progress=progress
-    )
-    for item in report.not_requeued:
-        log.warning(
-            "parked message not requeued",
-            stage=stage,
-            message_id=item.message_id,
-            reason=item.reason,
-        )
-    return report.done
