@@ -248,6 +248,13 @@ class SendClaims(Protocol):
 
     async def sent(self, claim: SendClaim, provider_id: str, attempts: int) -> None: ...
 
+    async def reconciled(self, claim: SendClaim, provider_id: str, attempts: int) -> bool:
+        """Record that a look-up found this in-doubt request's send as `provider_id`, unless
+        another request holds that record already (or the request is no longer ours): False,
+        nothing recorded, look again. Two look-ups of the same text never both take one
+        record."""
+        ...
+
     async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
         """Failed or blocked for good: it will never be sent."""
         ...
@@ -313,6 +320,12 @@ class MemorySendClaims:
     async def sent(self, claim: SendClaim, provider_id: str, attempts: int) -> None:
         self._in_doubt.pop(claim.request_id, None)
         self.sent_ids.finish(claim.request_id, True, f"{provider_id} {attempts}")
+
+    async def reconciled(self, claim: SendClaim, provider_id: str, attempts: int) -> bool:
+        if any(v.partition(" ")[0] == provider_id for v in self.sent_ids.values()):
+            return False
+        await self.sent(claim, provider_id, attempts)
+        return True
 
     async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
         self._in_doubt.pop(claim.request_id, None)

@@ -422,6 +422,31 @@ async def test_a_look_up_waits_while_the_same_text_is_being_sent_for_another_req
     assert not (await one.look_up("req-x", since, outbound("same"))).busy
 
 
+async def test_two_look_ups_that_found_one_record_cannot_both_take_it(ledger: Ledger) -> None:
+    """Two requests with the same text, both in doubt on two replicas; only one was accepted.
+    Both look-ups find its one record: the first to record it takes it, the second is told to
+    look again (it used to take it as well, and its own text was never sent)."""
+    one = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    two = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    p = await one.claim("req-p", outbound("same"))
+    q = await two.claim("req-q", outbound("same"))
+    await one.attempting(p, 1)
+    await two.attempting(q, 1)
+    taken = await asyncio.gather(
+        one.reconciled(p, "mdr2-only", 1), two.reconciled(q, "mdr2-only", 1)
+    )
+    assert sorted(taken) == [False, True]
+    rows = await ledger.fetch("SELECT id FROM messages WHERE provider_id = 'mdr2-only'")
+    assert len(rows) == 1
+    loser, loser_claims = (p, one) if not taken[0] else (q, two)
+    assert await loser_claims.reconciled(loser, "mdr2-other", 1)  # another record: its own
+    stale = LedgerSendClaims(ledger, lease=timedelta(seconds=30), ttl=600)
+    r = await stale.claim("req-r", outbound("same"))
+    await stale.attempting(r, 1)
+    await stale.released(r, datetime.now(UTC))  # in doubt; no longer held by `r`'s token
+    assert not await stale.reconciled(r, "mdr2-r", 1), "a claim given up records nothing"
+
+
 async def test_a_settled_request_keeps_why_and_after_how_many_attempts(ledger: Ledger) -> None:
     """A handler run again after its status.failed or its park failed publishes the same
     event (reason and attempts, hence message id) and parks a failed request again."""

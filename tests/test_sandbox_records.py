@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -244,6 +244,28 @@ async def test_pagination_follows_links_next(
         client, f"{sandbox.api_url}/messages", {"limit": "2", "offset": "6"}
     )
     assert status == 200 and answer["data"] == [] and answer["links"]["next"] is None
+
+
+async def test_the_bridges_listing_is_never_taken_for_whole_when_cut_short(
+    sandbox: Sandbox, client: aiohttp.ClientSession
+) -> None:
+    """More pages than the client reads: an error (the look-ups try again later), not a
+    shorter list. A listing cut short used to be returned as if whole: every in-doubt send
+    past its end was taken for "not accepted" and sent again."""
+    from smsbridge.config import ProviderConfig
+    from smsbridge.flowroute.client import FlowrouteClient, Transient
+
+    ids = await send_all(client, sandbox, [f"r{i}" for i in range(5)])
+    provider = ProviderConfig.model_validate(
+        {"name": "a", "api_url": sandbox.api_url, "access_key": KEY_A, "secret_key": SECRET_A}
+    )
+    flowroute = FlowrouteClient(client, provider)
+    since = sandbox.messages[0].timestamp - timedelta(seconds=1)
+    until = datetime.now(UTC) + timedelta(minutes=1)
+    whole = await flowroute.records(since, until, page_size=2, max_pages=3)
+    assert [r["id"] for r in whole] == ids
+    with pytest.raises(Transient, match="more than 2 pages"):
+        await flowroute.records(since, until, page_size=2, max_pages=2)
 
 
 async def test_listing_shows_only_the_callers_account(

@@ -179,17 +179,20 @@ class FlowrouteClient:
             raise AuthFailure(reason, status)
         raise Permanent(reason, status)
 
-    async def records(self, since: datetime, until: datetime) -> list[Any]:
+    async def records(
+        self, since: datetime, until: datetime, *, page_size: int = 200, max_pages: int = 1000
+    ) -> list[Any]:
         """The account's message records in [since, until), every page. Raises Transient or
-        AuthFailure when they cannot be read."""
+        AuthFailure when they cannot be read, Transient when there are more than `max_pages`
+        pages (a listing cut short would call sends that are in it "not accepted")."""
         params: dict[str, str] | None = {
             "start_date": _rfc3339(since),
             "end_date": _rfc3339(until),
-            "limit": "200",
+            "limit": str(page_size),
         }
         url = self.url
         found: list[Any] = []
-        for _page in range(1000):  # bounded: a runaway `next` link must not loop forever
+        for _page in range(max_pages):  # bounded: a runaway `next` link must not loop forever
             try:
                 async with self.session.get(url, params=params, headers=self._headers) as resp:
                     raw = await resp.read()
@@ -209,31 +212,29 @@ class FlowrouteClient:
             if isinstance(records, list):
                 found.extend(records)
             if not next_url:
-                break
+                return found
             url, params = str(next_url), None
-        return found
-
-    async def find_sent(
-        self,
-        attributes: dict[str, Any],
-        since: datetime,
-        until: datetime,
-        exclude: Collection[str] = (),
-    ) -> str | None:
-        """The id of an outbound message record in [since, until) with the same to, from and
-        body as `attributes` (what was POSTed), skipping ids in `exclude` (known to belong to
-        other requests); the earliest if several match. Raises Transient or AuthFailure when
-        the records cannot be read."""
-        return find_sent(await self.records(since, until), attributes, exclude)
+        raise Transient(f"message records: more than {max_pages} pages of {page_size}")
 
 
 def find_sent(
-    records: Iterable[Any], attributes: dict[str, Any], exclude: Collection[str] = ()
+    records: Iterable[Any],
+    attributes: dict[str, Any],
+    exclude: Collection[str] = (),
+    *,
+    not_before: datetime | None = None,
 ) -> str | None:
     """Among `records` (Flowroute's message records), the id of the earliest outbound one with
-    the same to, from and body as `attributes`, not in `exclude`."""
+    the same to, from and body as `attributes`, not in `exclude`, and stamped no earlier than
+    `not_before` (an older one is another send of the same text)."""
     found = [m for m in (_matching_record(r, attributes, exclude) for r in records) if m]
-    return min(found)[1] if found else None
+    if not_before is not None:
+        found = [m for m in found if m[0] is None or m[0] >= not_before]
+    # The earliest; a record whose timestamp cannot be read only when no other matches.
+    dated = sorted((when, record_id) for when, record_id in found if when is not None)
+    if dated:
+        return dated[0][1]
+    return found[0][1] if found else None
 
 
 def _rfc3339(when: datetime) -> str:
@@ -242,7 +243,7 @@ def _rfc3339(when: datetime) -> str:
 
 def _matching_record(
     record: Any, attributes: dict[str, Any], exclude: Collection[str]
-) -> tuple[str, str] | None:
+) -> tuple[datetime | None, str] | None:
     """(timestamp, id) of a record that is the send of `attributes`, else None."""
     if not isinstance(record, dict) or not isinstance(record.get("attributes"), dict):
         return None
@@ -257,4 +258,12 @@ def _matching_record(
             return None
     if (found.get("body") or "") != (attributes.get("body") or ""):
         return None
-    return str(found.get("timestamp") or ""), record_id
+    return _timestamp(found.get("timestamp")), record_id
+
+
+def _timestamp(value: Any) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

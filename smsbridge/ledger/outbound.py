@@ -19,7 +19,7 @@ from typing import Any
 
 from smsbridge.ledger import values as pg
 from smsbridge.ledger.batch import Batcher
-from smsbridge.ledger.connection import Ledger
+from smsbridge.ledger.connection import QUERY_TIMEOUT, Ledger
 from smsbridge.once import ClaimLost, LookUp, OutboundHistory, SendClaim, wait_or_abort
 from smsbridge.recent import RecentIds
 from smsbridge.topology import status_event_id
@@ -119,6 +119,25 @@ SET state = 'sent', provider_id = input.provider_id, attempts = input.attempts,
     updated_at = now()
 FROM unnest($1::text[], $2::text[], $3::integer[]) AS input(id, provider_id, attempts)
 WHERE m.direction = 'outbound' AND m.id = input.id
+RETURNING m.id
+"""
+
+# An in-doubt send found in Flowroute's records: recorded only while the request is still
+# ours and no other request holds that record. Run under a transaction lock on the provider
+# id (taken by the statement before), so that two look-ups that found the same record (two
+# requests with the same text, one accepted) cannot both take it: the second sees the first.
+_RECONCILED_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('provider_id:' || $1, 0))"
+_RECONCILED = """
+UPDATE messages AS m
+SET state = 'sent', provider_id = $2, attempts = $3,
+    status = CASE WHEN smsbridge_status_rank(m.status) < smsbridge_status_rank('sent')
+                  THEN 'sent' ELSE m.status END,
+    claim_token = NULL, claim_until = NULL, doubt_since = NULL, posting = false,
+    updated_at = now()
+WHERE m.direction = 'outbound' AND m.id = $1 AND m.claim_token = $4
+  AND NOT EXISTS (SELECT 1 FROM messages AS other
+                  WHERE other.provider_id = $2 AND other.direction = 'outbound'
+                    AND other.id <> $1)
 RETURNING m.id
 """
 
@@ -279,6 +298,22 @@ class LedgerSendClaims:
     async def sent(self, claim: SendClaim, provider_id: str, attempts: int) -> None:
         await self._sent.submit((claim.request_id, provider_id, attempts))
         self.recent.finish(claim.request_id, True, f"{provider_id} {attempts}")
+
+    async def reconciled(self, claim: SendClaim, provider_id: str, attempts: int) -> bool:
+        async with self.ledger.connection() as conn, conn.transaction():
+            await conn.execute(_RECONCILED_LOCK, provider_id, timeout=QUERY_TIMEOUT)
+            row = await conn.fetchrow(
+                _RECONCILED,
+                claim.request_id,
+                provider_id,
+                attempts,
+                uuid.UUID(claim.token),
+                timeout=QUERY_TIMEOUT,
+            )
+        if row is None:
+            return False
+        self.recent.finish(claim.request_id, True, f"{provider_id} {attempts}")
+        return True
 
     async def settle(self, claim: SendClaim, status: str, reason: str, attempts: int) -> None:
         key = status_event_id(claim.request_id, "failed", attempts)

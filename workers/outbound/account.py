@@ -109,9 +109,10 @@ class Account:
         self.draining = True
         self.interrupt.set()
 
-    async def slot(self, is_mms: bool, delivery: AbstractIncomingMessage) -> None:
-        """Wait for this account's next send slot. Raises DeliveryLost when the delivery must
-        be given back (stopping, or its channel closed: the broker hands it to another
+    async def slot(self, is_mms: bool, delivery: AbstractIncomingMessage) -> float:
+        """Wait for this account's next send slot; returns the monotonic time it started (the
+        attempt must start within `slot_margin` of it). Raises DeliveryLost when the delivery
+        must be given back (stopping, or its channel closed: the broker hands it to another
         replica, and sending it here too would duplicate it and break the rate), AccountHeld
         when the keys were refused meanwhile."""
         if self.fresh:
@@ -121,11 +122,12 @@ class Account:
             self.sms.prime()
             self.mms.prime()
         limiter = self.mms if is_mms else self.sms
-        got = await limiter.acquire(self.interrupt)
+        start = await limiter.acquire(self.interrupt)
         if self.draining or not channel_open(delivery):
             raise DeliveryLost()
-        if not got or self.held:
+        if start is None or self.held:
             raise AccountHeld()
+        return start
 
     def slot_margin(self, is_mms: bool) -> float:
         """How long after `slot` returned an attempt may still start: the rate limit holds as

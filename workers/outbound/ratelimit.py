@@ -42,19 +42,22 @@ class SlidingWindowLimiter:
         self._starts.append(start)
         return start
 
-    async def acquire(self, abort: asyncio.Event | None = None) -> bool:
-        """Wait for a slot. False if `abort` was set first (the slot goes unused)."""
-        wait = self.reserve() - time.monotonic()
+    async def acquire(self, abort: asyncio.Event | None = None) -> float | None:
+        """Wait for a slot; returns the monotonic time it started (an attempt keeps to the limit
+        when it starts within `margin` of that), or None if `abort` was set first (the slot
+        goes unused)."""
+        start = self.reserve()
+        wait = start - time.monotonic()
         if abort is None:
             if wait > 0:
                 await asyncio.sleep(wait)
-            return True
+            return start
         if abort.is_set():
-            return False
+            return None
         if wait > 0:
             try:
                 await asyncio.wait_for(abort.wait(), wait)
             except TimeoutError:
-                return True
-            return False
-        return True
+                return start
+            return None
+        return start

@@ -65,6 +65,9 @@ HELD_WAIT = 5.0  # seconds a request that met a held account waits before it is 
 RECORDS_RETRY = 30.0  # seconds before looking up Flowroute's records again after they failed
 # Look for an in-doubt send this far around its attempt (clocks differ; records lag).
 RECORDS_MARGIN = timedelta(minutes=5)
+# A record stamped this long before the attempt began is another send of the same text (an
+# earlier request, a send from Flowroute's portal), never this attempt's.
+CLOCK_SKEW = timedelta(minutes=1)
 # After a wait this long for a rate slot, the opt-out list is read again before the POST.
 OPT_OUT_RECHECK_AFTER = 2.0
 LOOK_UP_WAIT = 60.0  # seconds an in-doubt send waits for the account's look-up to be free
@@ -245,8 +248,13 @@ class Sender:
                     found = await self._look_up(account, message, job, work)
                 except _LookUpLater:
                     return "in_doubt"  # waits in a delay queue
-                if found is not None:
-                    await self._record_sent(work, found, attempts)
+                if found is not None and not await self._record_sent(
+                    work, found, attempts, reconciled=True
+                ):
+                    # Another request with the same text took that record first (or this
+                    # one is no longer ours): look again, without it.
+                    await self._later(message, account, HELD_WAIT, "its record belongs to another")
+                    return "in_doubt"
             finally:
                 account.reconciling.release()
             if found is not None:
@@ -327,14 +335,14 @@ class Sender:
             with attempt:
                 attempts += 1
                 waited = time.monotonic()
-                await account.slot(job.is_mms, message)
+                slot_at = await account.slot(job.is_mms, message)
                 # Quiet hours may have begun while it waited for the slot; after a long wait,
                 # the recipient may have opted out too.
                 long_wait = time.monotonic() - waited > OPT_OUT_RECHECK_AFTER
                 outcome = await self._policy(account, message, job, work, opt_out=long_wait)
                 if outcome is not None:
                     raise _PolicyApplies(outcome)
-                await self._attempting(account, message, job, work, attempts)
+                await self._attempting(account, message, job, work, attempts, slot_at)
                 work.in_doubt_since = datetime.now(UTC)
                 started = time.perf_counter()
                 self._in_flight[content] += 1
@@ -366,12 +374,13 @@ class Sender:
         job: SendJob,
         work: _Open,
         attempts: int,
+        slot_at: float,
     ) -> None:
         """Record the attempt (durably: if we die from here on, the send is in doubt), then
-        make sure the POST still starts within the rate slot's margin of its slot: a record
-        (or a check of the opt-out list) that took longer could let this attempt land in the
-        next second's allowance. Then it takes another slot, leaving that one unused."""
-        slot_at = time.monotonic()
+        make sure the POST still starts within the rate slot's margin of its slot's start
+        (`slot_at`): a busy event loop, a check of the opt-out list or a record that took
+        longer could let this attempt land in the next second's allowance. Then it takes
+        another slot, leaving that one unused."""
         while True:
             try:
                 await self.claims.attempting(work.claim, attempts)
@@ -379,8 +388,7 @@ class Sender:
                 raise DeliveryLost() from None
             if time.monotonic() - slot_at <= account.slot_margin(job.is_mms):
                 return
-            await account.slot(job.is_mms, message)
-            slot_at = time.monotonic()
+            slot_at = await account.slot(job.is_mms, message)
 
     async def _look_up(
         self, account: Account, message: AbstractIncomingMessage, job: SendJob, work: _Open
@@ -410,7 +418,18 @@ class Sender:
                 start, end = since - 2 * RECORDS_MARGIN, now + RECORDS_MARGIN
                 listed = Records(start, end, now, await account.client.records(start, end))
                 account.records = listed
-            found = find_sent(listed.records, attributes["data"]["attributes"], context.exclude)
+                # What other requests hold, and whether one is in flight, as of now that the
+                # listing is in: a request with the same text may have been sent meanwhile.
+                context = await self.claims.look_up(job.id, since - RECORDS_MARGIN, job.history())
+                if context.busy or (job.to, job.from_, job.body) in self._in_flight:
+                    await self._later(message, account, HELD_WAIT, "the same text is being sent")
+                    raise _LookUpLater()
+            found = find_sent(
+                listed.records,
+                attributes["data"]["attributes"],
+                context.exclude,
+                not_before=since - CLOCK_SKEW,
+            )
         except AuthFailure as exc:
             account.hold(exc)
             await self._later(message, account, HELD_WAIT, "account held")
@@ -471,19 +490,26 @@ class Sender:
             exact_tier=seconds if exact else None,
         )
 
-    async def _record_sent(self, work: _Open, provider_id: str, attempts: int) -> None:
+    async def _record_sent(
+        self, work: _Open, provider_id: str, attempts: int, *, reconciled: bool = False
+    ) -> bool:
         """Record an accepted send, however long the ledger takes: until it is recorded, a
-        redelivery could not tell it was sent."""
+        redelivery could not tell it was sent. One found by a look-up (`reconciled`) is not
+        recorded when another request holds its record already: False."""
         backoff = Backoff()
         while True:
             try:
-                await self.claims.sent(work.claim, provider_id, attempts)
+                if reconciled:
+                    if not await self.claims.reconciled(work.claim, provider_id, attempts):
+                        return False
+                else:
+                    await self.claims.sent(work.claim, provider_id, attempts)
             except MustWait as exc:
                 log.warning("could not record a send yet; retrying", error=str(exc))
                 await asyncio.sleep(backoff.next())
                 continue
             work.closed = True
-            return
+            return True
 
     async def _settle(self, work: _Open, status: str, reason: str, attempts: int) -> None:
         await self.claims.settle(work.claim, status, reason, attempts)
