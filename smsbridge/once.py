@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -269,11 +270,13 @@ class SendClaims(Protocol):
         then, it may be sent again (the requeue tools reopen it in the ledger themselves)."""
         ...
 
-    async def look_up(self, request_id: str, since: datetime, history: OutboundHistory) -> LookUp:
-        """Before looking `request_id` up in Flowroute's records (its attempt began at
-        `since`): the provider ids other requests hold since then, and whether another
-        request saying the same thing to the same person is being sent right now (its
-        record could be taken for ours before its own answer is recorded)."""
+    async def look_up(
+        self, request_id: str, candidates: Collection[str], history: OutboundHistory
+    ) -> LookUp:
+        """Looking `request_id` up in Flowroute's records: which of `candidates` (the provider
+        ids of the records that could be its send) other requests hold, however old, and
+        whether another request saying the same thing to the same person is being sent right
+        now (its record could be taken for ours before its own answer is recorded)."""
         ...
 
 
@@ -345,6 +348,9 @@ class MemorySendClaims:
         if settled is not None and settled[3] < at:
             del self._settled[request_id]
 
-    async def look_up(self, request_id: str, since: datetime, history: OutboundHistory) -> LookUp:
+    async def look_up(
+        self, request_id: str, candidates: Collection[str], history: OutboundHistory
+    ) -> LookUp:
         # One process: its sender knows what it has in flight (busy is its own to tell).
-        return LookUp({v.partition(" ")[0] for v in self.sent_ids.values()}, busy=False)
+        held = {v.partition(" ")[0] for v in self.sent_ids.values()} if candidates else set()
+        return LookUp(held & set(candidates), busy=False)

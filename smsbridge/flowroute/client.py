@@ -7,7 +7,7 @@ AuthFailure (401/403: hold the account), Permanent (any other 4xx: fail the requ
 A Transient is `in_doubt` when Flowroute may have accepted the message although we never saw
 the 202 (a timeout, a connection lost after the request went out, a gateway timeout in front
 of Flowroute). Flowroute has no idempotency key, so such a send is never simply retried: it is
-first looked up in the account's message records (`find_sent`).
+first looked up in the account's message records (`matching_records`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import base64
 import email.utils
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -217,39 +217,31 @@ class FlowrouteClient:
         raise Transient(f"message records: more than {max_pages} pages of {page_size}")
 
 
-def find_sent(
-    records: Iterable[Any],
-    attributes: dict[str, Any],
-    exclude: Collection[str] = (),
-    *,
-    not_before: datetime | None = None,
-) -> str | None:
-    """Among `records` (Flowroute's message records), the id of the earliest outbound one with
-    the same to, from and body as `attributes`, not in `exclude`, and stamped no earlier than
-    `not_before` (an older one is another send of the same text)."""
-    found = [m for m in (_matching_record(r, attributes, exclude) for r in records) if m]
+def matching_records(
+    records: Iterable[Any], attributes: dict[str, Any], *, not_before: datetime | None = None
+) -> list[str]:
+    """Among `records` (Flowroute's message records), the ids of the outbound ones with the
+    same to, from and body as `attributes` (what was POSTed) stamped no earlier than
+    `not_before` (an older one is another send of the same text), earliest first; those whose
+    timestamp cannot be read come last."""
+    found = [m for m in (_matching_record(r, attributes) for r in records) if m]
     if not_before is not None:
         found = [m for m in found if m[0] is None or m[0] >= not_before]
-    # The earliest; a record whose timestamp cannot be read only when no other matches.
     dated = sorted((when, record_id) for when, record_id in found if when is not None)
-    if dated:
-        return dated[0][1]
-    return found[0][1] if found else None
+    return [record_id for _, record_id in dated] + [r for when, r in found if when is None]
 
 
 def _rfc3339(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _matching_record(
-    record: Any, attributes: dict[str, Any], exclude: Collection[str]
-) -> tuple[datetime | None, str] | None:
+def _matching_record(record: Any, attributes: dict[str, Any]) -> tuple[datetime | None, str] | None:
     """(timestamp, id) of a record that is the send of `attributes`, else None."""
     if not isinstance(record, dict) or not isinstance(record.get("attributes"), dict):
         return None
     record_id = record.get("id")
     found = record["attributes"]
-    if not isinstance(record_id, str) or record_id in exclude:
+    if not isinstance(record_id, str):
         return None
     if str(found.get("direction", "outbound")) != "outbound":
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -182,8 +183,7 @@ RETURNING m.id
 _LOOK_UP = """
 SELECT
     (SELECT coalesce(array_agg(provider_id), '{}') FROM messages
-     WHERE direction = 'outbound' AND provider_id IS NOT NULL AND created_at >= $2
-       AND id <> $1) AS exclude,
+     WHERE provider_id = ANY($2::text[]) AND direction = 'outbound' AND id <> $1) AS exclude,
     EXISTS (SELECT 1 FROM messages
             WHERE direction = 'outbound' AND id <> $1 AND state = 'sending' AND posting
               AND claim_until > now()
@@ -300,7 +300,9 @@ class LedgerSendClaims:
         self.recent.finish(claim.request_id, True, f"{provider_id} {attempts}")
 
     async def reconciled(self, claim: SendClaim, provider_id: str, attempts: int) -> bool:
-        async with self.ledger.connection() as conn, conn.transaction():
+        # READ COMMITTED whatever the database's default: the UPDATE's own snapshot, taken
+        # after the lock, must see the row of a look-up that held it before.
+        async with self.ledger.connection() as conn, conn.transaction(isolation="read_committed"):
             await conn.execute(_RECONCILED_LOCK, provider_id, timeout=QUERY_TIMEOUT)
             row = await conn.fetchrow(
                 _RECONCILED,
@@ -338,11 +340,13 @@ class LedgerSendClaims:
     async def requeued(self, request_id: str, at: float) -> None:
         return None  # `reopen` below, run by the requeue tools before they publish
 
-    async def look_up(self, request_id: str, since: datetime, history: OutboundHistory) -> LookUp:
+    async def look_up(
+        self, request_id: str, candidates: Collection[str], history: OutboundHistory
+    ) -> LookUp:
         [row] = await self.ledger.fetch(
             _LOOK_UP,
             request_id,
-            since - timedelta(days=1),
+            list(candidates),
             history.to,
             history.from_,
             pg.text(history.body),

@@ -45,7 +45,7 @@ from smsbridge.flowroute.client import (
     SendError,
     Sent,
     Transient,
-    find_sent,
+    matching_records,
     message_body,
 )
 from smsbridge.logs import get_logger
@@ -402,7 +402,7 @@ class Sender:
         if due > 0:  # give Flowroute's records time to show it
             await self._later(message, account, due, "looking up a send whose outcome is unknown")
             raise _LookUpLater()
-        context = await self.claims.look_up(job.id, since - RECORDS_MARGIN, job.history())
+        context = await self.claims.look_up(job.id, (), job.history())
         if context.busy or (job.to, job.from_, job.body) in self._in_flight:
             # The same text to the same person is being sent right now: its record could be
             # taken for ours before its own answer is recorded. Look again in a moment.
@@ -414,22 +414,24 @@ class Sender:
             listed = account.records  # one listing for every in-doubt send it covers
             if listed is None or not listed.cover(since, RECORDS_MARGIN, settle):
                 now = datetime.now(UTC)
-                # Wide enough to cover the other sends a crash left in doubt with this one.
-                start, end = since - 2 * RECORDS_MARGIN, now + RECORDS_MARGIN
+                # Wide enough to cover the other sends a crash left in doubt with this one,
+                # and no wider however long ago the attempt was (a held account, records that
+                # could not be read for hours): a send is stamped within minutes of it.
+                start = since - 2 * RECORDS_MARGIN
+                end = min(now, since + 2 * RECORDS_MARGIN) + RECORDS_MARGIN
                 listed = Records(start, end, now, await account.client.records(start, end))
                 account.records = listed
-                # What other requests hold, and whether one is in flight, as of now that the
-                # listing is in: a request with the same text may have been sent meanwhile.
-                context = await self.claims.look_up(job.id, since - RECORDS_MARGIN, job.history())
-                if context.busy or (job.to, job.from_, job.body) in self._in_flight:
-                    await self._later(message, account, HELD_WAIT, "the same text is being sent")
-                    raise _LookUpLater()
-            found = find_sent(
-                listed.records,
-                attributes["data"]["attributes"],
-                context.exclude,
-                not_before=since - CLOCK_SKEW,
+            candidates = matching_records(
+                listed.records, attributes["data"]["attributes"], not_before=since - CLOCK_SKEW
             )
+            # Which of them other requests hold (however old), and whether one with the same
+            # text is in flight, as of now that the listing is in: one may have been sent
+            # meanwhile.
+            context = await self.claims.look_up(job.id, candidates, job.history())
+            if context.busy or (job.to, job.from_, job.body) in self._in_flight:
+                await self._later(message, account, HELD_WAIT, "the same text is being sent")
+                raise _LookUpLater()
+            found = next((c for c in candidates if c not in context.exclude), None)
         except AuthFailure as exc:
             account.hold(exc)
             await self._later(message, account, HELD_WAIT, "account held")
