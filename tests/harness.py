@@ -18,7 +18,7 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from smsbridge import runner, topology
 from smsbridge.config import Config, parse_config
@@ -230,6 +230,7 @@ async def listen(
     async with connection:
         channel = await connection.channel()
         await topology.declare(channel)
+        q: AbstractQueue
         if queue is None:
             q = await channel.declare_queue(exclusive=True)
             await q.bind(exchange, pattern)
@@ -267,4 +268,5 @@ async def drain(amqp_url: str, name: str) -> list[AbstractIncomingMessage]:
 
 
 def jsonable(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return json.loads(message.body)
+    body: dict[str, Any] = json.loads(message.body)
+    return body

@@ -117,9 +117,9 @@ def test_env_references_are_resolved_from_the_given_mapping() -> None:
     assert config.providers[0].secret_key.get_secret_value() == SECRET_KEY
     assert config.gateway.dlr_secret is not None
     assert config.gateway.dlr_secret.get_secret_value() == DLR_SECRET
-    assert config.broker.url.get_secret_value() == (
+    assert config.broker.addresses() == [
         f"amqp://bridge:{BROKER_PASSWORD}@rabbit.internal:5672/pbx"
-    )
+    ]
 
 
 def test_env_mapping_is_used_instead_of_the_process_environment(

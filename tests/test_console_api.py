@@ -23,7 +23,6 @@ import orjson
 import pytest
 from yarl import URL
 
-from console import api as console_api
 from console.app import ConsoleNotConfigured, build_app
 from console.auth import LoginLimiter, Sessions, safe_next
 from schemas import generate
@@ -442,7 +441,7 @@ async def test_the_token_never_appears_in_answers(
             token = TOKEN  # a local in the failing frame: tracebacks render no locals
             raise RuntimeError(f"search broke ({len(token)})")
 
-        monkeypatch.setattr(console_api.history, "search", broken)
+        monkeypatch.setattr(ledger_history, "search", broken)
         async with session.get(console.url + f"{API}/messages", headers=bearer()) as response:
             assert response.status == 500
             assert await response.json() == {"error": "internal error (see the console's log)"}
@@ -620,7 +619,7 @@ async def test_messages_newest_first_with_every_filter(console: Console) -> None
 
 
 async def test_one_message_with_its_timeline(console: Console) -> None:
-    media = [
+    media: list[dict[str, Any]] = [
         {
             "url": "http://127.0.0.1:8080/media/k",
             "content_type": "image/jpeg",
@@ -689,7 +688,8 @@ async def test_pages_continue_without_repeats_or_gaps_while_messages_arrive(
     assert pages == [["old-6", "old-5", "old-4"], ["old-3", "old-2", "old-1"], ["old-0"]]
     assert third["next_cursor"] is None
     # The same through a number filter (two index walks merged) and a status filter.
-    for extra in ({"number": THEM}, {"status": "delivered_to_pbx"}, {"q": "old"}):
+    extras: list[dict[str, Any]] = [{"number": THEM}, {"status": "delivered_to_pbx"}, {"q": "old"}]
+    for extra in extras:
         got: list[str] = []
         cursor = None
         while True:

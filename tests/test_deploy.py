@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import prometheus_client
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from smsbridge.config import parse_config
 
@@ -275,13 +275,14 @@ _PORTS = re.compile(
 def _compose_format_checker() -> jsonschema.FormatChecker:
     checker = jsonschema.FormatChecker(formats=())
 
-    @checker.checks("duration")
     def _duration(value: object) -> bool:
         return not isinstance(value, str) or bool(_COMPOSE_DURATION.match(value))
 
-    @checker.checks("ports")
     def _ports(value: object) -> bool:
         return not isinstance(value, str) or bool(_PORTS.match(value))
+
+    checker.checks("duration")(_duration)
+    checker.checks("ports")(_ports)
 
     return checker
 
@@ -426,7 +427,9 @@ def test_profiled_services_require_no_variable(path: Path) -> None:
             assert not required, f"{name} (profiles {service['profiles']}) requires {required}"
 
 
-def _smsbridge_services(compose: dict[str, Any], base: Path) -> dict[str, tuple[dict, Path]]:
+def _smsbridge_services(
+    compose: dict[str, Any], base: Path
+) -> dict[str, tuple[dict[str, Any], Path]]:
     """The services that run smsbridge: those that mount its configuration."""
     found = {}
     for name, service in compose["services"].items():

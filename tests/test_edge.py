@@ -138,7 +138,7 @@ async def test_refused_source_gets_403_and_nothing_is_kept(amqp_url: str, tmp_pa
 
 
 async def test_refused_body_is_kept_truncated_with_its_original_size(config: Config) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     big = b"<" + bytes(range(256)) * 390 + b"x" * 159  # 100,000 bytes, not JSON
     small = b"{not json"
     async with bridge(config, workers=()), aiohttp.ClientSession() as session:
@@ -164,7 +164,7 @@ async def test_refused_body_is_kept_truncated_with_its_original_size(config: Con
 async def test_quarantine_keeps_about_20_bodies_a_second_and_counts_the_rest(
     config: Config,
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     n = 300
     dropped_before = metric("smsbridge_quarantine_total", outcome="rate_limited")
     async with bridge(config, workers=()), aiohttp.ClientSession() as session:
@@ -252,7 +252,7 @@ def stored_files(media_dir: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 async def mms_through_bridge(config: Config, payload: dict[str, Any]) -> dict[str, Any]:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     async with bridge(config), listen(amqp, pattern="inbound.*") as events:
         async with aiohttp.ClientSession() as session:
             assert (await post(session, webhook_url(config), orjson.dumps(payload)))[0] == 200
@@ -360,7 +360,7 @@ async def test_unwritable_media_dir_fails_the_items_not_the_message(
     OSError (ENOTDIR) there, even root, for whom a read-only mode would not stop writes."""
     media_dir = tmp_path / "media"
     config = make_config(amqp_url, media_dir)
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     payload = mms([("a.png", media_server.url("a", 1000)), ("b.png", media_server.url("b", 1))])
     async with bridge(config), listen(amqp, pattern="inbound.*") as events:
         shutil.rmtree(media_dir)
@@ -861,7 +861,7 @@ def v1_token(request_id: str, account: str, attempts: int) -> str:
 
 
 async def test_expired_and_v1_tokens_get_403_and_publish_nothing(config: Config) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     expired = token_for("old", expires_at=int(time.time()) - 1)
     receipt = fixture("dlr.jsonapi.json")
     async with bridge(config, workers=()), listen(amqp, pattern="status.*") as events:

@@ -128,7 +128,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 # -- strategies ----------------------------------------------------------------------------------
 
-SAFE_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+SAFE_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 ANY_TEXT = st.text(max_size=40)  # lone surrogates too: json.dumps writes them as \ud800
 HUGE = st.sampled_from([10_000, 200_000, 1_040_000, 1_048_600, 1_500_000]).map(lambda n: "x" * n)
 JSON_VALUES = st.recursive(
@@ -301,7 +301,7 @@ FIELD = {
 }
 
 
-VALID_REQUESTS = [
+VALID_REQUESTS: list[dict[str, Any]] = [
     {"to": "+12065550142", "extension": "100", "body": "hello"},
     {"to": "12065550142", "from": "+12025551234", "body": "héllo 👍"},
     {"to": "+1 206 555 0142", "from": "+12025551234", "extension": "101", "body": "x"},

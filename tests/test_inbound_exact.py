@@ -72,7 +72,7 @@ async def test_a_pbx_queue_that_refuses_a_message_gives_no_other_queue_a_second_
         ):
             for _, body in webhooks:
                 assert (await post(session, webhook_url(config), body))[0] == 200
-            arrived = Counter()
+            arrived: Counter[str] = Counter()
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and set(arrived) < {m for m, _ in webhooks}:
                 _, event = await pbx.next_json(timeout=15)
@@ -146,7 +146,7 @@ async def test_deliveries_held_while_the_ledger_is_away_outlast_the_consumer_tim
                 headers = message.headers or {}
                 count = headers.get("x-delivery-count", 0)
                 carried = headers.get(topology.H_RETURNS, 0)
-                returns[message.message_id] = int(count) + int(carried)  # type: ignore[call-overload]
+                returns[message.message_id] = int(str(count)) + int(str(carried))
     print(f"\nreturns counted per message after 70 s held: {sorted(returns.values())}")
     assert set(returns) == {mid for mid, _ in webhooks}, "nothing lost, nothing parked"
     assert max(returns.values()) <= 1, "only the stop gave them back; no consumer timeout"

@@ -47,7 +47,7 @@ async def statuses_for(
 async def test_sms_reaches_flowroute_with_auth_and_body_then_delivery_statuses(
     config: Config, sandbox: Sandbox
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
         await publish(
             amqp, {"id": "req-1", "to": "+1 206 555 0142", "extension": "100", "body": "hi"}
@@ -71,7 +71,7 @@ async def test_sms_reaches_flowroute_with_auth_and_body_then_delivery_statuses(
 
 
 async def test_mms_reaches_flowroute_with_media(config: Config, sandbox: Sandbox) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     url = sandbox.add_media("map.png", b"\x89PNG map", "image/png")
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
         await publish(
@@ -89,7 +89,7 @@ async def test_mms_reaches_flowroute_with_media(config: Config, sandbox: Sandbox
 async def test_transient_errors_are_retried_until_sent(
     config: Config, sandbox: Sandbox, status: int
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     sandbox.set_fault(status, count=2, retry_after="0" if status == 429 else None)
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
         await publish(amqp, {"id": "r", "to": "12065550142", "extension": "101", "body": "x"})
@@ -102,7 +102,7 @@ async def test_transient_errors_are_retried_until_sent(
 async def test_outage_longer_than_quick_retries_goes_through_retry_queues(
     config: Config, sandbox: Sandbox
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     sandbox.set_fault(503, count=5)  # 3 quick attempts, then a broker retry round, then sent
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
         await publish(amqp, {"id": "slow", "to": "12065550142", "extension": "100", "body": "x"})
@@ -132,7 +132,7 @@ async def test_retries_end_failed_and_parked_after_max_age(
 async def test_flowroute_422_fails_and_parks_with_its_detail(
     config: Config, sandbox: Sandbox
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     big = "https://files.example.com/big.mov"
     sandbox.declare_media_size(big, 5_000_000)
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
@@ -146,7 +146,7 @@ async def test_flowroute_422_fails_and_parks_with_its_detail(
     assert "767840" in str((kept.headers or {})[topology.H_REASON])
 
 
-INVALID = [
+INVALID: list[tuple[dict[str, Any], str]] = [
     ({"id": "a", "to": "12065550142", "body": "x"}, "one of 'from' and 'extension'"),
     ({"id": "b", "to": "12065550142", "extension": "100"}, "'body' is required"),
     (
@@ -167,7 +167,7 @@ INVALID = [
 async def test_invalid_requests_fail_with_a_reason_and_are_parked(
     config: Config, sandbox: Sandbox
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.failed") as events:
         for request, _ in INVALID:
             await publish(amqp, request)
@@ -191,7 +191,7 @@ async def test_invalid_requests_fail_with_a_reason_and_are_parked(
 async def test_bad_keys_hold_the_account_without_failing_its_backlog(
     config: Config, sandbox: Sandbox, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     sandbox.set_account(AccountSpec("sandbox-access", "rotated-secret"))
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
         for i in range(20):
@@ -221,7 +221,7 @@ async def test_bad_keys_hold_the_account_without_failing_its_backlog(
 
 
 async def test_redelivered_request_is_not_sent_twice(config: Config, sandbox: Sandbox) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.sent") as events:
         request = {"id": "once", "to": "12065550142", "extension": "100", "body": "x"}
         await publish(amqp, request)
@@ -235,7 +235,7 @@ async def test_redelivered_request_is_not_sent_twice(config: Config, sandbox: Sa
 
 
 async def test_forged_or_missing_receipt_token_is_refused(config: Config) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     good = receipt_token.sign(
         b"test-dlr-secret-0123456789", receipt_token.ReceiptRef("r1", "flowroute", 1)
     )
@@ -266,7 +266,7 @@ async def test_forged_or_missing_receipt_token_is_refused(config: Config) -> Non
 
 
 async def test_compact_undelivered_receipt(config: Config) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     token = receipt_token.sign(
         b"test-dlr-secret-0123456789", receipt_token.ReceiptRef("r9", "flowroute", 2)
     )
@@ -287,7 +287,7 @@ async def test_compact_undelivered_receipt(config: Config) -> None:
 
 
 async def test_parked_requests_can_be_requeued(config: Config, sandbox: Sandbox) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     sandbox.set_fault(422, count=1, detail="Unregistered 10DLC number")
     async with bridge(config, workers=OUTBOUND), listen(amqp, pattern="status.*") as events:
         await publish(amqp, {"id": "fixme", "to": "12065550142", "extension": "100", "body": "x"})
@@ -308,7 +308,7 @@ def _write_config(config: Config, path: Path, sandbox: Sandbox) -> None:
     path.write_text(
         f"""
 [broker]
-url = "{config.broker.url.get_secret_value()}"
+url = "{config.broker.addresses()[0]}"
 [gateway]
 listen = "{gw.listen}"
 public_url = "{gw.public_url}"
@@ -337,7 +337,7 @@ destination = "100"
 async def test_rate_is_never_exceeded_with_two_worker_processes_and_failover(
     config: Config, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    amqp = config.broker.url.get_secret_value()
+    amqp = config.broker.addresses()[0]
     cfg = tmp_path / "smsbridge.toml"
     _write_config(config, cfg, sandbox)
     env = {**os.environ, "TEST_SECRET": "sandbox-secret"}

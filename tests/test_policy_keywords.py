@@ -215,6 +215,6 @@ def test_one_pair_of_quotes_is_read_through_and_two_are_not(
     word: str, pair: str, punctuation: str
 ) -> None:
     family = next(f for f, words in KEYWORD_FAMILIES.items() if word in words)
-    opening, closing = pair
+    opening, closing = pair[0], pair[1]
     assert match_keyword(opening + word + punctuation + closing + punctuation) == family
     assert match_keyword(opening + opening + word + closing + closing + punctuation) is None

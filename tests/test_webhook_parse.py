@@ -61,13 +61,13 @@ def load(name: str) -> Any:
 
 def sms(**attributes: Any) -> dict[str, Any]:
     """A JSON:API inbound SMS with `attributes` overridden (None values are kept as null)."""
-    body = load("inbound-sms.jsonapi.json")
+    body: dict[str, Any] = load("inbound-sms.jsonapi.json")
     body["data"]["attributes"].update(attributes)
     return body
 
 
 def compact(**fields: Any) -> dict[str, Any]:
-    body = load("inbound-sms.compact.json")
+    body: dict[str, Any] = load("inbound-sms.compact.json")
     body.update(fields)
     return body
 
@@ -157,7 +157,7 @@ def test_null_body_is_empty_string() -> None:
 
 
 def test_missing_body_is_empty_string() -> None:
-    body = load("inbound-sms.compact.json")
+    body: dict[str, Any] = load("inbound-sms.compact.json")
     del body["body"]
     assert parse_inbound(body).body == ""
 
@@ -275,7 +275,7 @@ def test_not_an_object_or_empty_is_a_webhook_error(obj: Any) -> None:
 
 
 def test_missing_to_is_a_webhook_error() -> None:
-    body = load("inbound-sms.jsonapi.json")
+    body: dict[str, Any] = load("inbound-sms.jsonapi.json")
     del body["data"]["attributes"]["to"]
     with pytest.raises(WebhookError, match="to"):
         parse_inbound(body)
@@ -286,14 +286,14 @@ def test_missing_to_is_a_webhook_error() -> None:
 
 
 def test_missing_id_is_a_webhook_error() -> None:
-    body = load("inbound-sms.compact.json")
+    body: dict[str, Any] = load("inbound-sms.compact.json")
     del body["id"]
     with pytest.raises(WebhookError):
         parse_inbound(body)
 
 
 def test_delivery_receipt_type_is_a_webhook_error() -> None:
-    body = load("inbound-sms.jsonapi.json")
+    body: dict[str, Any] = load("inbound-sms.jsonapi.json")
     body["data"]["type"] = "delivery_receipt"
     with pytest.raises(WebhookError, match="delivery_receipt"):
         parse_inbound(body)
