@@ -527,6 +527,26 @@ async def declare_pbx_queue(amqp_url: str) -> None:
         await queue.bind(topology.EVENTS, "#")
 
 
+def ledger_section(ledger_url: str | None) -> str:
+    """The `[ledger]` section of a configuration, or nothing without a ledger."""
+    return f'\n[ledger]\nurl = "{ledger_url}"\n' if ledger_url else ""
+
+
+async def full_pbx_queue(
+    channel: aio_pika.abc.AbstractChannel, name: str, pattern: str
+) -> aio_pika.abc.AbstractQueue:
+    """A PBX queue bound to `pattern` that refuses every publish (`reject-publish`, full)."""
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={"x-queue-type": "quorum", "x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    await queue.bind(topology.EVENTS, pattern)
+    # Quorum queues refuse only once over their limit: one message fills it.
+    await channel.default_exchange.publish(aio_pika.Message(b"{}"), name)
+    return queue
+
+
 async def read_pbx_queue(
     amqp_url: str, done: Callable[[Tally], bool], timeout: float, settle: float = 1.5
 ) -> Tally:

@@ -28,11 +28,7 @@ from smsbridge.ledger.inbound import LedgerClaims
 from smsbridge.once import Claim, InboundHistory, Lease
 from smsbridge.sandbox import MediaSpec, Sandbox, inbound_mms, inbound_sms
 from tests.harness import bridge, free_port, listen, make_config, webhook_url
-from tests.procs import consumer_timeout, post
-
-
-def ledger_section(ledger_url: str | None) -> str:
-    return f'\n[ledger]\nurl = "{ledger_url}"\n' if ledger_url else ""
+from tests.procs import consumer_timeout, full_pbx_queue, ledger_section, post
 
 
 def sms(body: str) -> tuple[str, bytes]:
@@ -56,14 +52,7 @@ async def test_a_pbx_queue_that_refuses_a_message_gives_no_other_queue_a_second_
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel()
         await topology.declare(channel)
-        full = await channel.declare_queue(
-            "pbx.archive",
-            durable=True,
-            arguments={"x-queue-type": "quorum", "x-max-length": 0, "x-overflow": "reject-publish"},
-        )
-        await full.bind(topology.EVENTS, "inbound.#")
-        # Quorum queues refuse only once over their limit: one message fills it.
-        await channel.default_exchange.publish(aio_pika.Message(b"{}"), "pbx.archive")
+        await full_pbx_queue(channel, "pbx.archive", "inbound.#")
         webhooks = [sms(f"refused by one queue {i}") for i in range(3)]
         async with (
             bridge(config),

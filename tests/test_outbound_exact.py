@@ -29,6 +29,8 @@ from smsbridge.sandbox import AccountSpec, Sandbox
 from tests.harness import bridge, drain, listen, make_config, queue_depth
 from tests.procs import (
     Tally,
+    full_pbx_queue,
+    ledger_section,
     outbound_request,
     publisher,
     sends_per_request,
@@ -40,10 +42,6 @@ from workers.outbound.intake import tell_failed
 
 ACCOUNT_QUEUE = topology.account_queue("flowroute")
 PARKED = topology.parked_queue("outbound")
-
-
-def ledger_section(ledger_url: str | None) -> str:
-    return f'\n[ledger]\nurl = "{ledger_url}"\n' if ledger_url else ""
 
 
 @asynccontextmanager
@@ -113,18 +111,7 @@ async def test_a_failure_whose_status_publish_was_refused_is_reported_the_same_a
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel()
         await topology.declare(channel)
-        full = await channel.declare_queue(
-            "pbx.full",
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-max-length": 0,
-                "x-overflow": "reject-publish",
-            },
-        )
-        await full.bind(topology.EVENTS, "status.failed")
-        # Quorum queues refuse only once over their limit: one message fills it.
-        await channel.default_exchange.publish(aio_pika.Message(b"{}"), "pbx.full")
+        full = await full_pbx_queue(channel, "pbx.full", "status.failed")
         async with (
             bridge(config, workers=("outbound",)),
             status_events(amqp_url) as (tally, copies),

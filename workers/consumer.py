@@ -251,16 +251,9 @@ class Consumer:
         (its returns so far carried on, none added: waiting is not failing), before RabbitMQ's
         consumer timeout closes the channel, returns every delivery on it and counts that.
         False when the copy cannot be stored yet: keep holding it."""
-        returns = int_header(message, topology.H_RETURNS) + delivery_count(message)
-        copy = topology.copy_message(message, {topology.H_RETURNS: returns})
-        try:
-            await self.broker.publish("", self.queue_name, copy)
-        except PublishFailed as exc:
-            log.info("could not put a long-held delivery back yet", error=str(exc))
+        if not await self._fresh_copy(message, "requeued_fresh"):
             return False
         log.info("held for long; it waits at the end of its queue", held_for=self.broker.hold_limit)
-        MESSAGES_HANDLED.labels(self.worker, "requeued_fresh").inc()
-        await self._ack(message)
         return True
 
     async def _refresh(self, message: AbstractIncomingMessage) -> bool:
@@ -274,14 +267,23 @@ class Consumer:
                 tell=True,
             )
             return True
+        if not await self._fresh_copy(message, "refreshed"):
+            return False
+        log.info("delivery returned often; it continues as a fresh copy", returns=returns)
+        return True
+
+    async def _fresh_copy(self, message: AbstractIncomingMessage, outcome: str) -> bool:
+        """Publish `message` again at the end of its queue, carrying its returns so far in a
+        header, then ack it (counted as `outcome`). False when the copy could not be stored:
+        the delivery is untouched."""
+        returns = int_header(message, topology.H_RETURNS) + delivery_count(message)
         copy = topology.copy_message(message, {topology.H_RETURNS: returns})
         try:
             await self.broker.publish("", self.queue_name, copy)
         except PublishFailed as exc:
-            log.info("could not refresh a returned delivery; handling it as it is", error=str(exc))
+            log.info("could not store a fresh copy of a delivery yet", error=str(exc))
             return False
-        log.info("delivery returned often; it continues as a fresh copy", returns=returns)
-        MESSAGES_HANDLED.labels(self.worker, "refreshed").inc()
+        MESSAGES_HANDLED.labels(self.worker, outcome).inc()
         await self._ack(message)
         return True
 
